@@ -1,0 +1,43 @@
+"""Shared fixtures. Data comes from $YOLOQ_DATA or ../shared/data; if it is missing, tests that need it
+fail (never skip) with a message naming what is missing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from sw.paths import data_file
+
+torch.set_num_threads(1)  # pytest-xdist runs two workers on two cores
+
+
+@pytest.fixture(scope="session")
+def yolov5n_path() -> Path:
+    return data_file("yolov5n/yolov5n.pt")
+
+
+@pytest.fixture(scope="session")
+def coco_root() -> Path:
+    return data_file("coco")
+
+
+@pytest.fixture(scope="session")
+def yolov5n(yolov5n_path):
+    from sw.checkpoint import load_model
+
+    return load_model(yolov5n_path).model
+
+
+@pytest.fixture(scope="session")
+def yolov7_generated_path(tmp_path_factory) -> Path:
+    """An official-format yolov7.pt (training form, as released) with generated weights."""
+    from sw.checkpoint.official import generate_weights, write_official_checkpoint
+    from sw.eval.coco_classes import NAMES
+    from sw.models import YoloModel, builtin_config
+
+    path = tmp_path_factory.mktemp("ckpt") / "yolov7-generated.pt"
+    model = generate_weights(YoloModel(builtin_config("yolov7-training"), names=NAMES), seed=0)
+    write_official_checkpoint(model, path)
+    return path
