@@ -1,0 +1,64 @@
+"""Evaluation throughput (images/s) for yolov5n (real) and YOLOv7 (generated weights).
+
+Baseline measured in the same run: the model's forward pass alone on the same letterboxed batches. The ratio
+says how much of the end-to-end time (decode, forward, NMS, scoring) is the network itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sw.checkpoint import load_model
+from sw.checkpoint.official import generate_weights, write_official_checkpoint
+from sw.eval.coco import evaluate, load_coco
+from sw.eval.coco_classes import NAMES
+from sw.eval.images import prefetch_batches, shape_batches
+from sw.models import YoloModel, builtin_config, to_deploy
+from sw.paths import data_file
+
+try:
+    from .common import table
+except ImportError:
+    from common import table
+
+
+def forward_only(model, coco, batch_size: int) -> float:
+    batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], 640, 32, batch_size)
+    loaded = list(prefetch_batches(batches, coco.paths, 640, 32))
+    with torch.inference_mode():
+        model(loaded[0][0].float() / 255.0)  # warm-up: allocator and kernel selection
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for images, _ in loaded:
+            model(images.float() / 255.0)
+    return len(coco.paths) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--v5-images", type=int, default=206)
+    ap.add_argument("--v7-images", type=int, default=16)
+    args = ap.parse_args()
+    rows = []
+    v5 = load_model(data_file("yolov5n/yolov5n.pt")).model
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "yolov7.pt"
+        write_official_checkpoint(generate_weights(YoloModel(builtin_config("yolov7-training"), names=NAMES)), path)
+        v7 = to_deploy(load_model(path).model)
+    for label, model, n in (("yolov5n (real)", v5, args.v5_images), ("yolov7 deploy (generated)", v7, args.v7_images)):
+        coco = load_coco(data_file("coco"), limit=n)
+        base = forward_only(model, coco, 8)
+        r = evaluate(model, coco, progress=False)
+        e2e = r["images"] / r["seconds"]
+        rows.append([label, n, round(base, 2), round(e2e, 2), round(e2e / base, 2)])
+    print(f"torch threads: {torch.get_num_threads()}")
+    print(table(["model", "images", "forward-only img/s (baseline)", "end-to-end eval img/s", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()

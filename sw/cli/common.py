@@ -1,0 +1,67 @@
+"""Arguments shared by several subcommands, so they read the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..paths import data_root
+
+
+def add_data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="data root (default: $YOLOQ_DATA, then ../shared/data)")
+
+
+def add_eval_args(p: argparse.ArgumentParser, coco_required: bool = False) -> None:
+    g = p.add_argument_group("evaluation (YOLOv7 test.py conventions)")
+    g.add_argument("--coco", metavar="DIR", required=coco_required,
+                   help="COCO root with annotations/instances_val2017.json and images/val2017/"
+                        + ("" if coco_required else " (default: <data>/coco)"))
+    g.add_argument("--img", type=int, default=640, help="inference size, long side in pixels (default 640)")
+    g.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001)")
+    g.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")
+    g.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
+    g.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
+    g.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+
+
+def coco_root(args) -> Path:
+    return Path(args.coco) if args.coco else data_root(getattr(args, "data", None)) / "coco"
+
+
+def eval_kwargs(args) -> dict:
+    return dict(img_size=args.img, conf_thres=args.conf, iou_thres=args.iou, max_det=args.max_det,
+                batch_size=args.batch)
+
+
+def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
+    """The quantization flags of ``yoloq quantize`` (also taken by commands that quantize first)."""
+    from ..quant.granularity import MIXES, SINGLE
+    from ..quant.model import CHANNEL_1X1
+    from ..quant.record import METHODS
+
+    g = p.add_argument_group("quantization")
+    g.add_argument("--method", choices=METHODS, default="pwlq", help="quantizer (default pwlq)")
+    g.add_argument("--bits", type=int, default=4, help="weight code bits k, 2..8 (default 4)")
+    g.add_argument("--granularity", choices=SINGLE + tuple(MIXES), default="mix3",
+                   help="parameter sharing; mix3/mix4 pick per layer the least-MSE option (default mix3)")
+    g.add_argument("--breakpoint", choices=("search", "approx"), default="search",
+                   help="PWLQ breakpoint: least-error search or the sigma-normalised approximation")
+    g.add_argument("--rate-lambda", type=float, default=0.0, metavar="L",
+                   help="mixes only: minimise MSE/mean(w^2) + L * stored bits per weight (0 = plain MSE)")
+    g.add_argument("--fold-bn", action="store_true", help="fold BN into convs before quantizing (deployment)")
+    g.add_argument("--exclude-detect", action="store_true", help="leave the Detect convs in FP16")
+    g.add_argument("--first-last-8bit", action="store_true", help="keep the first conv and the Detect convs at 8 bits")
+    g.add_argument("--channel-1x1", choices=CHANNEL_1X1, default="fp16",
+                   help="channel-wise on 1x1 convs: leave in FP16 as the paper (default) or quantize anyway")
+    g.add_argument("--scale-bits", type=int, default=16, help="stored width of each group scale, F (default 16)")
+
+
+def spec_from_args(args):
+    from ..quant.model import QuantSpec
+
+    spec = QuantSpec(method=args.method, bits=args.bits, granularity=args.granularity, breakpoint=args.breakpoint,
+                     rate_lambda=args.rate_lambda, fold_bn=args.fold_bn, include_detect=not args.exclude_detect,
+                     first_last_8bit=args.first_last_8bit, channel_1x1=args.channel_1x1, scale_bits=args.scale_bits)
+    spec.validate()
+    return spec

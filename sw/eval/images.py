@@ -1,0 +1,83 @@
+"""Image loading and letterboxing with YOLOv7 test.py conventions.
+
+The long side is first resized to ``img_size`` (area averaging when shrinking, bilinear when enlarging), then
+the image is padded with grey 114 to the next multiple of the model stride ("minimal", rect padding).
+Images of equal padded shape are batched together, so batching never adds padding.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import DataNotFoundError
+
+PAD_VALUE = 114
+
+
+@dataclass
+class Letterboxed:
+    """One preprocessed image: CHW uint8 array plus what maps boxes back to the original."""
+
+    image_id: int
+    array: np.ndarray          # 3 x H x W, uint8, RGB
+    orig_hw: tuple[int, int]
+    gain: float                # letterboxed pixels per original pixel
+    pad: tuple[float, float]   # (left, top) padding in letterboxed pixels
+
+
+def letterbox_shape(orig_hw: tuple[int, int], img_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(resized h, w) and (padded H, W) for an image of ``orig_hw``."""
+    h0, w0 = orig_hw
+    r = img_size / max(h0, w0)
+    h, w = (h0, w0) if r == 1 else (max(1, int(round(h0 * r))), max(1, int(round(w0 * r))))
+    return (h, w), (math.ceil(h / stride) * stride, math.ceil(w / stride) * stride)
+
+
+def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int) -> Letterboxed:
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w0, h0 = im.size
+            (h, w), (H, W) = letterbox_shape((h0, w0), img_size, stride)
+            if (h, w) != (h0, w0):
+                im = im.resize((w, h), Image.Resampling.BOX if h < h0 else Image.Resampling.BILINEAR)
+            arr = np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        raise DataNotFoundError(f"cannot read image {path}: {e}") from e
+    dw, dh = (W - w) / 2, (H - h) / 2
+    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    out = np.full((H, W, 3), PAD_VALUE, dtype=np.uint8)
+    out[top:top + h, left:left + w] = arr
+    return Letterboxed(image_id, np.ascontiguousarray(out.transpose(2, 0, 1)), (h0, w0), h / h0, (dw, dh))
+
+
+def shape_batches(items: list[tuple[int, tuple[int, int]]], img_size: int, stride: int, batch_size: int):
+    """Group (image_id, orig_hw) into batches of equal letterboxed shape; deterministic order."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for image_id, hw in items:
+        by_shape.setdefault(letterbox_shape(hw, img_size, stride)[1], []).append(image_id)
+    batches = []
+    for shape in sorted(by_shape):
+        ids = by_shape[shape]
+        batches += [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    return batches
+
+
+def prefetch_batches(batches, paths: dict[int, Path], img_size: int, stride: int, workers: int = 2):
+    """Yield (uint8 NCHW tensor, [Letterboxed]) per batch, decoding the next batch while the model runs."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(ids):
+            return [pool.submit(load_letterboxed, paths[i], i, img_size, stride) for i in ids]
+
+        pending = submit(batches[0]) if batches else None
+        for k in range(len(batches)):
+            items = [f.result() for f in pending]
+            pending = submit(batches[k + 1]) if k + 1 < len(batches) else None
+            yield torch.from_numpy(np.stack([it.array for it in items])), items

@@ -1,0 +1,108 @@
+"""COCO evaluation pieces (NMS, matching, P/R, letterbox) and the yolov5n acceptance figures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sw.cli import main
+from sw.eval.boxes import box_iou, unletterbox
+from sw.eval.coco import load_coco
+from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
+from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
+from sw.eval.nms import greedy_nms, non_max_suppression
+
+
+def _reference_nms(boxes, scores, classes, thr):
+    """Textbook per-class greedy NMS, merged by score."""
+    keep = []
+    for c in np.unique(classes):
+        idx = list(np.flatnonzero(classes == c)[np.argsort(-scores[classes == c], kind="stable")])
+        while idx:
+            i = idx.pop(0)
+            keep.append(i)
+            ious = box_iou(torch.tensor(boxes[[i]]), torch.tensor(boxes[idx])).numpy()[0] if idx else []
+            idx = [j for j, v in zip(idx, ious) if v <= thr]
+    return sorted(keep, key=lambda i: -scores[i])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_nms_matches_reference(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    xy = rng.uniform(0, 200, (n, 2))
+    wh = rng.uniform(5, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, n).astype(np.float32)
+    classes = rng.integers(0, 4, n).astype(np.float32)
+    got = greedy_nms(boxes, scores, classes, 0.5, max_det=10_000).tolist()
+    assert got == _reference_nms(boxes, scores, classes, 0.5)
+    assert greedy_nms(boxes, scores, classes, 0.5, max_det=7).tolist() == got[:7]
+
+
+def test_nms_multilabel_and_threshold():
+    # one anchor, two classes above threshold -> two candidates with scores obj*cls
+    pred = torch.zeros(1, 2, 8)
+    pred[0, 0, :4] = torch.tensor([50, 50, 20, 20])
+    pred[0, 0, 4:] = torch.tensor([0.5, 0.8, 0.4, 0.001])
+    pred[0, 1, 4] = 0.0005  # below conf: dropped
+    out = non_max_suppression(pred, conf_thres=0.001, iou_thres=0.65)[0]
+    assert out[:, 5].tolist() == [0.0, 1.0]
+    assert out[:, 4].tolist() == pytest.approx([0.4, 0.2])
+    assert out[0, :4].tolist() == [40, 40, 60, 60]
+
+
+def test_match_predictions_yolov7_rules():
+    gt = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float64)
+    gt_cls = torch.tensor([0.0, 0.0])
+    pred = torch.tensor([[0, 0, 10, 10, 0.9, 0],      # TP on gt 0
+                         [0, 0, 10, 9, 0.8, 0],       # best gt is 0, already taken -> FP
+                         [20, 20, 30, 30, 0.7, 1],    # right box, wrong class -> FP
+                         [21, 21, 30, 30, 0.6, 0]], dtype=torch.float64)  # TP on gt 1 (IoU .81)
+    assert match_predictions(pred, gt, gt_cls).tolist() == [True, False, False, True]
+
+
+def test_precision_recall_at_max_f1_hand_example():
+    # class 0: 2 targets; predictions conf .9 TP, .8 FP, .7 TP. Best F1 at conf .7: P=2/3, R=1
+    tp = np.array([1, 0, 1], dtype=float)
+    conf = np.array([0.9, 0.8, 0.7])
+    p, r = precision_recall_at_max_f1(tp, conf, np.zeros(3), np.zeros(2))
+    assert p == pytest.approx(2 / 3, abs=1e-3) and r == pytest.approx(1.0, abs=1e-3)
+
+
+def test_letterbox_minimal_padding_and_inverse(coco_root):
+    assert letterbox_shape((480, 640), 640, 32) == ((480, 640), (480, 640))
+    assert letterbox_shape((427, 640), 640, 32) == ((427, 640), (448, 640))
+    assert letterbox_shape((375, 500), 640, 32) == ((480, 640), (480, 640))
+    coco = load_coco(coco_root, limit=3)
+    i = coco.image_ids[0]
+    lb = load_letterboxed(coco.paths[i], i, 640, 32)
+    assert lb.array.shape[1] % 32 == 0 and lb.array.shape[2] % 32 == 0
+    h0, w0 = lb.orig_hw
+    box = torch.tensor([[0.0, 0.0, w0, h0]], dtype=torch.float64)
+    fwd = box * lb.gain + torch.tensor([lb.pad[0], lb.pad[1]] * 2)
+    torch.testing.assert_close(unletterbox(fwd, lb.gain, lb.pad, lb.orig_hw), box)
+    batches = shape_batches([(k, coco.sizes[k]) for k in coco.image_ids], 640, 32, 2)
+    assert sorted(sum(batches, [])) == coco.image_ids
+
+
+def test_missing_coco_is_named(tmp_path, capsys):
+    assert main(["eval", "--weights", str(tmp_path / "none.pt"), "--coco", str(tmp_path)]) == 2
+    assert "none.pt: checkpoint file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_yolov5n_coco_subset_acceptance(yolov5n_path, coco_root, tmp_path, capsys):
+    """Issue acceptance: map50_95 0.307 +- 0.005 and map50 0.477 +- 0.005 on the 206-image subset."""
+    out = tmp_path / "r.json"
+    assert main(["eval", "--weights", str(yolov5n_path), "--coco", str(coco_root), "--json", str(out),
+                 "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    assert set(r) >= {"precision", "recall", "map50", "map50_95", "images", "seconds"}
+    assert r["images"] == 206
+    assert abs(r["map50_95"] - 0.307) <= 0.005, r
+    assert abs(r["map50"] - 0.477) <= 0.005, r
+    assert 0.4 < r["precision"] < 0.8 and 0.3 < r["recall"] < 0.6, r
