@@ -1,0 +1,55 @@
+"""What hardware stores for one quantized weight tensor, and dequantization as a function of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import pwlq
+from .granularity import from_groups, to_groups
+
+METHODS = ("affine", "symmetric", "symmetric-full", "pwlq")
+
+
+@dataclass
+class QuantizedTensor:
+    """Integer codes plus per-group parameters of one conv weight W[o, c, h, w].
+
+    ``scale``/``zero_point`` are [G, R]: one (s, z) pair per group and region. Uniform methods have R = 1
+    (symmetric ones with z = 0). PWLQ has R = 2: column 0 is the centre (z = 0), column 1 the tails.
+    ``region`` (PWLQ only) is True where the tail applies; a tail code packs its sign in the top bit.
+    """
+
+    shape: tuple[int, int, int, int]
+    method: str
+    bits: int
+    granularity: str
+    codes: torch.Tensor              # int8, ``shape``: signed k-bit codes
+    region: torch.Tensor | None      # bool, ``shape``; PWLQ only
+    scale: torch.Tensor              # float64 [G, R]
+    zero_point: torch.Tensor         # int64 [G, R]
+
+    @property
+    def num_groups(self) -> int:
+        return self.scale.shape[0]
+
+    @property
+    def regions(self) -> int:
+        return self.scale.shape[1]
+
+    @property
+    def numel(self) -> int:
+        return self.codes.numel()
+
+
+def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weights the record represents: s (q - z) per region, with PWLQ's tail sign applied."""
+    if qt.region is None:
+        codes = to_groups(qt.codes, qt.granularity).double()
+        w = codes.sub_(qt.zero_point).mul_(qt.scale)  # s (q - z) in float64, rounded once below
+    else:
+        codes = to_groups(qt.codes, qt.granularity).float()  # small integers: exact in float32
+        tail = to_groups(qt.region, qt.granularity)
+        w = pwlq.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.zero_point[:, 1:], qt.bits)
+    return from_groups(w.to(dtype), qt.shape, qt.granularity)

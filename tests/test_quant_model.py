@@ -1,0 +1,180 @@
+"""Model-level quantization: policy, mixes, accounting, the artifact and the CLI."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from sw.checkpoint import load_model
+from sw.cli import main
+from sw.errors import CheckpointError, QuantizationError
+from sw.quant.accounting import FP16_BITS, SHIFT_BITS, quantized_storage, savings, signed_width
+from sw.quant.artifact import load_quantized, save_quantized
+from sw.quant.model import QuantSpec, quantize_model
+from sw.quant.quantizer import quantize_tensor
+from sw.quant.record import dequantize
+
+
+@pytest.fixture(scope="module")
+def pwlq_mix3(yolov5n):
+    return quantize_model(yolov5n, QuantSpec("pwlq", 4, "mix3"), progress=False)
+
+
+def test_fake_quant_weights_are_the_records(pwlq_mix3):
+    convs = pwlq_mix3.model.conv_layers()
+    assert list(convs) == list(pwlq_mix3.layers)
+    for name, r in pwlq_mix3.layers.items():
+        assert torch.equal(convs[name].weight.detach(), dequantize(r.qt))
+
+
+def test_mix3_keeps_least_mse_candidate(pwlq_mix3):
+    for r in pwlq_mix3.layers.values():
+        assert set(r.candidates) == {"filter", "fshape", "cshape"}
+        assert r.granularity == min(r.candidates, key=r.candidates.get)
+        assert r.mse == r.candidates[r.granularity]
+
+
+def test_bn_is_never_quantized(yolov5n, pwlq_mix3):
+    orig = {k: v for k, v in yolov5n.state_dict().items() if ".bn." in k}
+    quant = pwlq_mix3.model.state_dict()
+    assert orig and all(torch.equal(quant[k], v) for k, v in orig.items())
+
+
+def test_mix4_leaves_channelwise_1x1_in_fp16_and_counts_it(yolov5n):
+    qm = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4"), progress=False)
+    one_by_one = [r for r in qm.layers.values() if r.shape[2] * r.shape[3] == 1]
+    assert one_by_one and all(r.granularity == "fp16" and r.qt is None for r in one_by_one)
+    assert all(r.storage.fp16_bits == FP16_BITS * r.storage.weights for r in one_by_one)
+    quantized = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4", channel_1x1="quantize"), progress=False)
+    assert all(r.qt is not None for r in quantized.layers.values())
+    assert quantized.totals()["saving_storage"] < 2.0  # one-weight groups: a scale per weight costs more than FP16
+
+
+def test_rate_aware_mix_trades_error_for_storage(yolov5n):
+    plain = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4"), progress=False).totals()
+    rate = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4", rate_lambda=0.05), progress=False).totals()
+    assert rate["saving_storage"] > plain["saving_storage"] + 1.0
+    assert rate["mse"] > plain["mse"]
+
+
+def test_layer_policy_flags(yolov5n):
+    qm = quantize_model(yolov5n, QuantSpec("affine", 4, "filter", first_last_8bit=True), progress=False)
+    bits = {n: r.bits for n, r in qm.layers.items()}
+    assert bits["model.0.conv"] == 8 and bits["model.24.m.0"] == 8 and bits["model.2.cv1.conv"] == 4
+    qm = quantize_model(yolov5n, QuantSpec("affine", 4, "filter", include_detect=False), progress=False)
+    assert qm.layers["model.24.m.1"].qt is None and qm.layers["model.23.cv3.conv"].qt is not None
+    qm = quantize_model(yolov5n, QuantSpec("affine", 4, "filter", fold_bn=True), progress=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in qm.model.modules())
+
+
+def test_storage_accounting_hand_example():
+    w = torch.randn(4, 3, 3, 3)
+    aff = quantize_tensor(w, "affine", 4, "filter")
+    st = quantized_storage(aff, scale_bits=16)
+    # 108 weights x 4 bits; 4 groups x (16-bit scale + 4-bit zero-point); one 8-bit shift per layer
+    assert (st.code_bits, st.region_bits, st.param_bits) == (432, 0, 4 * 20 + SHIFT_BITS)
+    pw = quantize_tensor(w, "pwlq", 4, "filter")
+    st = quantized_storage(pw, scale_bits=16)
+    zw = signed_width(pw.zero_point[:, 1])
+    assert (st.code_bits, st.region_bits, st.param_bits) == (432, 108, 4 * (16 + 16 + zw) + SHIFT_BITS)
+    tot = savings([st])
+    assert tot["saving_paper"] == pytest.approx(108 * 16 / (432 + st.param_bits))
+    assert tot["saving_storage"] == pytest.approx(108 * 16 / (432 + 108 + st.param_bits))
+    assert signed_width(torch.tensor([-8, 7])) == 4 and signed_width(torch.tensor([8])) == 5
+
+
+def test_nan_weights_and_bad_requests_are_named():
+    w = torch.randn(2, 2, 3, 3)
+    w[1, 0, 0, 0] = float("nan")
+    with pytest.raises(QuantizationError, match="model.7.conv: 1 weight"):
+        quantize_tensor(w, "affine", 4, "filter", name="model.7.conv")
+    with pytest.raises(QuantizationError, match="from 2 to 8, got 9"):
+        quantize_tensor(torch.randn(2, 2, 3, 3), "affine", 9, "filter")
+    with pytest.raises(QuantizationError, match="unknown granularity"):
+        QuantSpec("affine", 4, "row").validate()
+    with pytest.raises(QuantizationError, match="expected a conv weight"):
+        quantize_tensor(torch.randn(4, 4), "affine", 4, "filter")
+
+
+def test_artifact_round_trip(pwlq_mix3, tmp_path):
+    path = tmp_path / "q.yqa"
+    save_quantized(pwlq_mix3, path, source="yolov5n.pt")
+    loaded = load_model(path)
+    assert loaded.kind == "quantized"
+    qm = loaded.extras["quantized"]
+    assert qm.spec == pwlq_mix3.spec
+    for name, r in pwlq_mix3.layers.items():
+        q = qm.layers[name]
+        assert q.granularity == r.granularity and q.mse == r.mse
+        assert torch.equal(q.qt.codes, r.qt.codes) and torch.equal(q.qt.region, r.qt.region)
+        assert torch.equal(q.qt.scale, r.qt.scale) and torch.equal(q.qt.zero_point, r.qt.zero_point)
+    assert qm.totals() == pwlq_mix3.totals()
+    x = torch.rand(1, 3, 128, 160)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), pwlq_mix3.model(x))
+
+
+def _rewrite(src, dst, entry, data):
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            if item != entry:
+                zout.writestr(item, zin.read(item))
+        if data is not None:
+            zout.writestr(entry, data)
+
+
+def _npy(a):
+    import io
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def test_artifact_rejects_tampering(pwlq_mix3, tmp_path):
+    good = tmp_path / "q.yqa"
+    save_quantized(pwlq_mix3, good)
+    name = next(iter(pwlq_mix3.layers))
+    codes = pwlq_mix3.layers[name].qt.codes.numpy().copy()
+    codes.flat[0] = 100  # outside 4-bit range
+    cases = {
+        "outside the 4-bit range": (f"quant/{name}/codes.npy", _npy(codes)),
+        "is missing": (f"quant/{name}/scale.npy", None),
+        "expected float64": (f"quant/{name}/scale.npy", _npy(np.ones((1, 2), np.float32))),
+        "not a plain numeric array": (f"quant/{name}/zero_point.npy", _npy(np.array([object()], dtype=object))),
+        "version 99": ("yoloq.json", json.dumps({**json.loads(zipfile.ZipFile(good).read("yoloq.json")), "version": 99})),
+    }
+    for message, (entry, data) in cases.items():
+        bad = tmp_path / "bad.yqa"
+        _rewrite(good, bad, entry, data)
+        with pytest.raises(CheckpointError, match=message):
+            load_quantized(bad)
+
+
+def test_cli_quantize_report_and_eval(yolov5n_path, coco_root, tmp_path, capsys):
+    out, report = tmp_path / "q.yqa", tmp_path / "r.json"
+    assert main(["quantize", "--weights", str(yolov5n_path), "--method", "affine", "--bits", "4",
+                 "--granularity", "cshape", "-o", str(out), "--json", str(report), "--quiet"]) == 0
+    r = json.loads(report.read_text())
+    assert {"saving_paper", "saving_storage", "mse"} <= set(r["totals"])
+    row = r["layers"][0]
+    assert row["name"] == "model.0.conv" and {"granularity", "mse", "sqnr_db", "bits"} <= set(row)
+    assert r["totals"]["saving_paper"] == r["totals"]["saving_storage"]  # affine: no region bit
+    assert main(["eval", "--weights", str(out), "--coco", str(coco_root), "--limit", "4", "--quiet"]) == 0
+    assert main(["quantize", "--weights", str(yolov5n_path), "--bits", "9", "-o", str(out)]) == 2
+    assert "bit width must be an integer from 2 to 8, got 9" in capsys.readouterr().err
+
+
+PAPER_TABLE1_SAVING = {"filter": 3.97, "fshape": 3.93, "cshape": 3.93, "channel": 1.68}
+
+
+def test_yolov7_affine_saving_close_to_paper_table1(yolov7_generated_path):
+    """On YOLOv7's own shapes, saving_paper for 4-bit affine lands within 0.03 of the paper's Table I."""
+    model = load_model(yolov7_generated_path).model
+    for gran, paper in PAPER_TABLE1_SAVING.items():
+        totals = quantize_model(model, QuantSpec("affine", 4, gran), progress=False).totals()
+        assert totals["weights"] == 36_881_504
+        assert abs(totals["saving_paper"] - paper) < 0.03, (gran, totals["saving_paper"])
