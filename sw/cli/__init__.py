@@ -7,9 +7,9 @@ import sys
 
 from .. import __version__
 from ..errors import YoloqError
-from . import demo_cmd, eval_cmd, fetch_cmd, generate_cmd, quantize_cmd
+from . import demo_cmd, eval_cmd, fetch_cmd, generate_cmd, hw_cmd, quantize_cmd, sweep_cmd
 
-COMMANDS = [eval_cmd, quantize_cmd, generate_cmd, fetch_cmd, demo_cmd]
+COMMANDS = [eval_cmd, quantize_cmd, sweep_cmd, hw_cmd, generate_cmd, fetch_cmd, demo_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

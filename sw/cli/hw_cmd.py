@@ -1,0 +1,116 @@
+"""``yoloq hw``: the hardware side. ``validate`` compares hardware-exact mAP with software mAP."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..atomic import write_json
+from ..checkpoint import load_model
+from ..eval.coco import load_coco
+from ..errors import QuantizationError
+from ..intref.formats import formats_table, run_formats, write_report
+from ..intref.validate import HardwareFormat, validate
+from ..paths import data_root
+from ..quant.model import quantize_model
+from .common import add_data_arg, add_eval_args, add_quant_args, coco_root, eval_kwargs, spec_from_args
+
+
+def _add_hw_format_args(p) -> None:
+    g = p.add_argument_group("hardware format (integer contract)")
+    g.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    g.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
+    g.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("hw", help="hardware: validate the integer contract's mAP, build and check the PE",
+                       description="Hardware-side commands.")
+    hw = p.add_subparsers(dest="hw_command", required=True, metavar="HW_COMMAND")
+    v = hw.add_parser("validate", help="mAP of hardware-exact inference against fake-quant software",
+                      description="Quantize, calibrate activation scales, and evaluate the FP model, the "
+                                  "fake-quantized model (SW) and the hardware-exact model (HW: every quantized "
+                                  "conv computed per the integer contract) on the same images. --scale-bits "
+                                  "sets the contract's scale mantissa width F.")
+    v.add_argument("--weights", required=True, help="checkpoint to quantize (official .pt or state_dict)")
+    v.add_argument("--json", metavar="OUT", help="write map50_sw, map50_hw, map50_95_sw, map50_95_hw, delta_map50, "
+                                                 "per-layer SQNR and the FP baseline as JSON")
+    v.add_argument("--quiet", action="store_true")
+    add_quant_args(v)
+    _add_hw_format_args(v)
+    add_eval_args(v)
+    add_data_arg(v)
+    v.set_defaults(run=run_validate)
+
+    f = hw.add_parser("formats", help="hardware-exact mAP over activation bits x scale bits",
+                      description="Evaluate the hardware-exact model at every (act bits, scale bits) pair to show "
+                                  "where the hardware format starts to cost mAP. Writes OUT/formats.md, .json, .png; "
+                                  "finished points are kept in OUT/points/ and skipped on a rerun.")
+    f.add_argument("--weights", required=True, help="checkpoint to quantize")
+    f.add_argument("--act-bits-list", default="6,8,10", help="comma-separated A values (default 6,8,10)")
+    f.add_argument("--scale-bits-list", default="8,12,16", help="comma-separated F values (default 8,12,16)")
+    f.add_argument("-o", "--output", required=True, help="output folder")
+    f.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
+    f.add_argument("--calib-images", type=int, default=32)
+    f.add_argument("--quiet", action="store_true")
+    add_quant_args(f)
+    add_eval_args(f)
+    add_data_arg(f)
+    f.set_defaults(run=run_formats_cmd)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(2 <= v <= 24 for v in values):
+        raise QuantizationError(f"{flag}: expected comma-separated integers from 2 to 24, got {text!r}")
+    return values
+
+
+def run_formats_cmd(args) -> int:
+    acts = _int_list(args.act_bits_list, "--act-bits-list")
+    scales = _int_list(args.scale_bits_list, "--scale-bits-list")
+    spec = spec_from_args(args)
+    qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet)
+    coco = load_coco(coco_root(args), limit=args.limit)
+    result = run_formats(qm, coco, acts, scales, _calib_dir(args), args.calib_images, Path(args.output),
+                         eval_kwargs(args), progress=not args.quiet)
+    write_report(result, Path(args.output))
+    print(formats_table(result), end="")
+    return 0
+
+
+def _calib_dir(args) -> Path:
+    return Path(args.calib) if args.calib else data_root(args.data) / "coco128" / "images" / "train2017"
+
+
+def _format_row(label: str, r: dict) -> str:
+    return f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['map50']:.4f} | {r['map50_95']:.4f} |"
+
+
+def run_validate(args) -> int:
+    spec = spec_from_args(args)
+    loaded = load_model(args.weights)
+    coco = load_coco(coco_root(args), limit=args.limit)
+    qm = quantize_model(loaded.model, spec, progress=not args.quiet)
+    fmt = HardwareFormat(args.act_bits, args.scale_bits, args.calib_images)
+    result = validate(loaded.model, qm, coco, fmt, _calib_dir(args), eval_kwargs(args), progress=not args.quiet)
+    ev = result["evaluations"]
+    print(f"{spec.method} {spec.bits}-bit {spec.granularity}; A={fmt.act_bits}, F={fmt.scale_bits}; "
+          f"{result['images']} images\n")
+    print("| model | P | R | mAP@.5 | mAP@.5:.95 |\n|---|---:|---:|---:|---:|")
+    print(_format_row("FP", ev["fp"]))
+    print(_format_row("SW (fake-quant)", ev["sw"]))
+    print(_format_row("HW (integer contract)", ev["hw"]))
+    print(f"\ndelta mAP@.5 (HW - SW) = {result['delta_map50']:+.4f}; "
+          f"delta mAP@.5:.95 = {result['delta_map50_95']:+.4f}; {result['seconds']} s")
+    worst = sorted(result["layers"], key=lambda r: r["layer_sqnr_db"])[:5]
+    print("\nlowest per-layer SQNR (this layer's own integer error, dB; whole network, dB):")
+    for r in worst:
+        net = r["network_sqnr_db"]
+        print(f"  {r['name']:<24} {r['layer_sqnr_db']:6.1f}  {net if math.isinf(net) else round(net, 1)}")
+    if args.json:
+        write_json(args.json, result)
+    return 0

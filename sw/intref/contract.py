@@ -1,0 +1,280 @@
+"""The integer contract: the arithmetic the FPGA performs for one quantized conv, defined once.
+
+Both the hardware generator (``hw``) and every reference (``sw.intref``) import these objects; no width or
+scale is ever re-typed on the hardware side.
+
+Integer part (exact, what the processing element computes):
+
+- activation: ``x = clamp(round(x_float / s_a) + z_a, -2^(A-1), 2^(A-1)-1)``, signed A-bit, with one float
+  scale ``s_a`` and one integer zero-point ``z_a`` per tensor (round half to even). Every conv input in a
+  YOLO net follows SiLU (>= -0.28) or is the image, so the zero-point puts almost all codes where the
+  values are; a conv's zero padding is the code ``z_a``;
+- weight: ``W = sgn * (u - z) * S``, an integer, where per weight ``u`` is the code (PWLQ tails: the low k-1
+  bits, sign-extended, and ``sgn`` the code's top bit; otherwise ``sgn = +1``), and per group and region
+  ``z`` is the integer zero-point and ``S = round(s * 2^E)`` the scale as an unsigned F-bit mantissa with one
+  shift ``E`` per layer;
+- accumulator: ``acc = sum_i W_i x_i`` over the conv's fan-in ``N = c * kh * kw``, exact.
+
+Integer addition is associative, so any ordering of the accumulation (lanes, group partial sums, a scale
+applied per group partial sum instead of per product, zero-point terms applied to activation sums) gives the
+same ``acc``. That is the contract the RTL must meet: equality of integers.
+
+After the accumulator: the integer ``acc - z_a * sum(W)`` (sum over the output channel's kernel, a constant
+per channel) removes the activation zero-point exactly; then, in float64, ``y = (acc - z_a sum(W)) * 2^-E *
+s_a``; the conv bias, BN and the activation function follow in float32, as in the float model. The next conv
+quantizes its own input again.
+
+Accumulator width (:meth:`LayerContract.acc_bits`): every factor lies in a closed integer interval fixed by
+the widths alone: ``sgn (u - z)`` in ``[d_min, d_max]`` (code width k, zero-point width Z), ``S`` in
+``[0, 2^F - 1]``, ``x`` in ``[-2^(A-1), 2^(A-1)-1]``. Interval multiplication gives the exact range
+``[p_min, p_max]`` of one product, so ``acc`` lies in ``[N p_min, N p_max]``, and the smallest two's
+complement width holding both ends cannot overflow for any input. The bound is tight: N products all at the
+extreme corner (codes, zero-point, scale and activations at their limits) reach it, and one bit less
+overflows (:meth:`LayerContract.adversarial_corner`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from ..errors import QuantizationError
+from ..quant.accounting import zero_point_widths
+from ..quant.granularity import group_index
+from ..quant.pwlq import unpack_tail
+from ..quant.record import QuantizedTensor
+
+DEFAULT_ACT_BITS = 8
+DEFAULT_SCALE_BITS = 16
+
+
+def signed_bits_for(lo: int, hi: int) -> int:
+    """Fewest two's-complement bits holding every integer in [lo, hi]."""
+    bits = 1
+    while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
+        bits += 1
+    return bits
+
+
+def interval_product(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    corners = [x * y for x in a for y in b]
+    return min(corners), max(corners)
+
+
+def scale_shift(scales: torch.Tensor, scale_bits: int) -> int:
+    """Largest E such that round(s * 2^E) fits an unsigned ``scale_bits`` mantissa for every scale s."""
+    s_max = float(scales.max())
+    if not (s_max > 0 and math.isfinite(s_max)):
+        raise QuantizationError(f"scales must be finite and positive, max is {s_max}")
+    e = scale_bits - math.floor(math.log2(s_max)) - 1
+    while round(s_max * 2.0 ** (e + 1)) <= (1 << scale_bits) - 1:  # float log2 may be off by one
+        e += 1
+    while round(s_max * 2.0 ** e) > (1 << scale_bits) - 1:
+        e -= 1
+    return e
+
+
+@dataclass(frozen=True)
+class ActFormat:
+    """Signed A-bit activation codes."""
+
+    bits: int = DEFAULT_ACT_BITS
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1))
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """One tensor's activation quantizer: ``clamp(round(x / scale) + zero_point)`` to signed A bits."""
+
+    bits: int
+    scale: float
+    zero_point: int
+
+    def __post_init__(self):
+        fmt = ActFormat(self.bits)
+        if not (self.scale > 0 and math.isfinite(self.scale)) or not fmt.qmin <= self.zero_point <= fmt.qmax:
+            raise QuantizationError(f"invalid activation quantizer: scale {self.scale}, zero-point "
+                                    f"{self.zero_point} for {self.bits} bits")
+
+    @classmethod
+    def from_range(cls, bits: int, lo: float, hi: float) -> "ActQuant":
+        """The quantizer whose codes span [lo, hi] (widened to contain 0, so 0.0 is exact)."""
+        fmt = ActFormat(bits)
+        lo, hi = min(lo, 0.0), max(hi, 0.0)
+        if hi == lo:
+            return cls(bits, 1.0, 0)
+        scale = (hi - lo) / (fmt.qmax - fmt.qmin)
+        zero_point = int(min(max(fmt.qmin - round(lo / scale), fmt.qmin), fmt.qmax))
+        return cls(bits, scale, zero_point)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer-valued float64 codes (round half to even)."""
+        fmt = ActFormat(self.bits)
+        return torch.round(x.double() / self.scale).add_(self.zero_point).clamp_(fmt.qmin, fmt.qmax)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes.double() - self.zero_point) * self.scale
+
+
+@dataclass
+class LayerContract:
+    """Everything integer about one quantized conv: widths, per-group parameters, derived bounds.
+
+    Built from a :class:`~sw.quant.record.QuantizedTensor` by :meth:`from_record`; ``scale_int`` and
+    ``zero_point`` are [G, R] (R = 2 for PWLQ: centre, tail).
+    """
+
+    name: str
+    shape: tuple[int, int, int, int]         # W[o, c, kh, kw]
+    granularity: str
+    weight_bits: int                         # k
+    pwlq: bool
+    act_bits: int                            # A
+    scale_bits: int                          # F
+    shift: int                               # E
+    scale_int: torch.Tensor                  # int64 [G, R], each in [0, 2^F - 1]
+    zero_point: torch.Tensor                 # int64 [G, R]
+    zero_point_bits: int                     # Z, declared width of the stored zero-points (0: none)
+    codes: torch.Tensor = field(repr=False)  # int8 [o, c, kh, kw]
+    region: torch.Tensor | None = field(repr=False, default=None)
+
+    @classmethod
+    def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
+                    scale_bits: int = DEFAULT_SCALE_BITS) -> "LayerContract":
+        if not 2 <= act_bits <= 16 or not 2 <= scale_bits <= 24:
+            raise QuantizationError(f"{name}: act_bits must be 2..16 and scale_bits 2..24, "
+                                    f"got {act_bits} and {scale_bits}")
+        e = scale_shift(qt.scale, scale_bits)
+        scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
+        zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
+        return cls(name, qt.shape, qt.granularity, qt.bits, qt.region is not None, act_bits, scale_bits, e,
+                   scale_int, qt.zero_point.clone(), zw, qt.codes, qt.region)
+
+    # ---- widths and ranges -------------------------------------------------------------------------
+    @property
+    def regions(self) -> int:
+        return self.scale_int.shape[1]
+
+    @property
+    def num_groups(self) -> int:
+        return self.scale_int.shape[0]
+
+    @property
+    def fan_in(self) -> int:
+        _, c, kh, kw = self.shape
+        return c * kh * kw
+
+    @property
+    def act_range(self) -> tuple[int, int]:
+        return -(1 << (self.act_bits - 1)), (1 << (self.act_bits - 1)) - 1
+
+    @property
+    def scale_range(self) -> tuple[int, int]:
+        return 0, (1 << self.scale_bits) - 1
+
+    @property
+    def zero_point_range(self) -> tuple[int, int]:
+        if self.zero_point_bits == 0:
+            return 0, 0
+        return -(1 << (self.zero_point_bits - 1)), (1 << (self.zero_point_bits - 1)) - 1
+
+    @property
+    def magnitude_range(self) -> tuple[int, int]:
+        """Range of the value ``u`` a code contributes before its zero-point (tails: k-1 bits)."""
+        k = self.weight_bits - 1 if self.pwlq else self.weight_bits
+        return -(1 << (k - 1)), (1 << (k - 1)) - 1
+
+    @property
+    def diff_range(self) -> tuple[int, int]:
+        """Range of ``sgn * (u - z)`` for any code and any stored zero-point (PWLQ: both regions, both signs)."""
+        zlo, zhi = self.zero_point_range
+        if not self.pwlq:
+            ulo, uhi = self.magnitude_range
+            return ulo - zhi, uhi - zlo
+        clo, chi = -(1 << (self.weight_bits - 1)), (1 << (self.weight_bits - 1)) - 1  # centre, z = 0
+        ulo, uhi = self.magnitude_range
+        tail = max(abs(ulo - zhi), abs(uhi - zlo))
+        return min(clo, -tail), max(chi, tail)
+
+    @property
+    def product_range(self) -> tuple[int, int]:
+        """Range of one accumulated term ``W x``."""
+        return interval_product(interval_product(self.diff_range, self.scale_range), self.act_range)
+
+    @property
+    def acc_range(self) -> tuple[int, int]:
+        lo, hi = self.product_range
+        return self.fan_in * lo, self.fan_in * hi
+
+    @property
+    def acc_bits(self) -> int:
+        """Accumulator width: cannot overflow for any codes, parameters and activations of these widths."""
+        return signed_bits_for(*self.acc_range)
+
+    @property
+    def diff_bits(self) -> int:
+        return signed_bits_for(*self.diff_range)
+
+    @property
+    def abs_sum_bound(self) -> int:
+        """Bound on sum_i |W_i x_i|: no partial sum, in any order, exceeds it in magnitude."""
+        lo, hi = self.product_range
+        return self.fan_in * max(-lo, hi)
+
+    def adversarial_corner(self) -> dict:
+        """The factor values whose N-fold product sum reaches the end of ``acc_range`` that sets ``acc_bits``."""
+        lo, hi = self.acc_range
+        target = lo if -lo > hi else hi  # the end that needs the most bits
+        for d in self.diff_range:
+            for s in self.scale_range:
+                for x in self.act_range:
+                    if self.fan_in * d * s * x == target:
+                        return {"diff": d, "scale": s, "act": x, "acc": target}
+        raise AssertionError("interval corner not found")  # interval_product guarantees a corner attains it
+
+    # ---- the integer weights ---------------------------------------------------------------------------
+    @cached_property
+    def group_ids(self) -> torch.Tensor:
+        return group_index(self.shape, self.granularity)
+
+    def signed_diff(self) -> torch.Tensor:
+        """``sgn * (u - z)`` per weight (int64, W's shape): the narrow factor the PE multiplies activations by."""
+        codes = self.codes.to(torch.int64)
+        g = self.group_ids
+        if not self.pwlq:
+            return codes - self.zero_point[g, 0]
+        negative, u = unpack_tail(codes, self.weight_bits)
+        tail = self.region
+        mag = torch.where(tail, u - self.zero_point[g, 1], codes)
+        return torch.where(tail & negative, -mag, mag)
+
+    def region_index(self) -> torch.Tensor:
+        """Which parameter column each weight uses (0, or 1 for PWLQ tails)."""
+        if not self.pwlq:
+            return torch.zeros(self.shape, dtype=torch.int64)
+        return self.region.to(torch.int64)
+
+    def weight_int(self) -> torch.Tensor:
+        """The integer weights ``W = sgn (u - z) S`` (int64, W's shape)."""
+        return self.signed_diff() * self.scale_int[self.group_ids, self.region_index()]
+
+    def weight_float(self) -> torch.Tensor:
+        """What the hardware's weights are worth: ``W * 2^-E`` (float64)."""
+        return self.weight_int().double() * 2.0 ** -self.shift
+
+    def summary(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "granularity": self.granularity,
+                "weight_bits": self.weight_bits, "pwlq": self.pwlq, "act_bits": self.act_bits,
+                "scale_bits": self.scale_bits, "shift": self.shift, "zero_point_bits": self.zero_point_bits,
+                "groups": self.num_groups, "regions": self.regions, "fan_in": self.fan_in,
+                "diff_bits": self.diff_bits, "acc_bits": self.acc_bits}

@@ -1,0 +1,83 @@
+"""Whole-network inference in which every quantized conv follows the integer contract.
+
+:func:`build_hardware_model` takes a :class:`~sw.quant.model.QuantizedModel` (fake-quantized deploy model and
+integer records) and per-conv activation quantizers, and returns a copy of the model whose quantized convs are
+:class:`IntegerConv2d`: quantize the input to A bits, accumulate exactly in integers, remove the activation
+zero-point's term, then ``* 2^-E * s_a + bias`` in floating point. Convs left in FP16 by policy stay float convs (they are not
+mapped to the processing element).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from ..quant.model import QuantizedModel
+import torch.nn.functional as F
+
+from .contract import ActQuant, LayerContract
+from .conv import integer_conv2d
+
+
+class IntegerConv2d(nn.Module):
+    """A conv computed exactly as the processing element does, plus the contract's epilogue."""
+
+    def __init__(self, contract: LayerContract, conv: nn.Conv2d, act: ActQuant):
+        super().__init__()
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1] \
+                or conv.padding[0] != conv.padding[1]:
+            raise ValueError(f"{contract.name}: only square, ungrouped, undilated convs map to the PE")
+        if act.bits != contract.act_bits:
+            raise ValueError(f"{contract.name}: activation quantizer has {act.bits} bits, contract {contract.act_bits}")
+        self.contract = contract
+        self.act = act
+        self.stride, self.padding = conv.stride[0], conv.padding[0]
+        self.register_buffer("weight_int", contract.weight_int())
+        # z_a * sum(W) per output channel: what the activation zero-point adds to each accumulator
+        self.register_buffer("zero_point_term", act.zero_point * self.weight_int.sum((1, 2, 3)))
+        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        self.last_acc: torch.Tensor | None = None  # kept only when ``keep_acc`` is set (tests, co-simulation)
+        self.keep_acc = False
+
+    def accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        """The PE's accumulators (int64 [n, o, h, w]) for float input ``x``: padding is the code z_a."""
+        x_int = self.act.quantize(x)
+        if self.padding:
+            x_int = F.pad(x_int, [self.padding] * 4, value=float(self.act.zero_point))
+        lo, hi = self.contract.act_range
+        return integer_conv2d(x_int, self.weight_int, self.stride, 0, act_max=max(-lo, hi))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        acc = self.accumulate(x)
+        if self.keep_acc:
+            self.last_acc = acc
+        centred = acc - self.zero_point_term.view(1, -1, 1, 1)
+        y = (centred.double() * 2.0 ** -self.contract.shift * self.act.scale).float()
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+
+def layer_contracts(qm: QuantizedModel, act_bits: int, scale_bits: int) -> "OrderedDict[str, LayerContract]":
+    """The contract of every quantized conv (layers left in FP16 have none)."""
+    return OrderedDict((name, LayerContract.from_record(name, r.qt, act_bits, scale_bits))
+                       for name, r in qm.layers.items() if r.qt is not None)
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, module)
+
+
+def build_hardware_model(qm: QuantizedModel, act_quant: dict[str, ActQuant], act_bits: int = 8,
+                         scale_bits: int = 16):
+    """(hardware-exact model, contracts): a copy of ``qm.model`` with every quantized conv made integer."""
+    model = copy.deepcopy(qm.model).eval()
+    contracts = layer_contracts(qm, act_bits, scale_bits)
+    convs = model.conv_layers()
+    for name, contract in contracts.items():
+        if name not in act_quant:
+            raise KeyError(f"no activation quantizer calibrated for {name}")
+        _set_submodule(model, name, IntegerConv2d(contract, convs[name], act_quant[name]))
+    return model, contracts

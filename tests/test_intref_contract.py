@@ -1,0 +1,144 @@
+"""The integer contract: exact integer convs, tight accumulator bounds, activation quantizers."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sw.intref.contract import ActQuant, LayerContract, scale_shift, signed_bits_for
+from sw.intref.conv import FLOAT64_EXACT, integer_conv2d, integer_conv2d_int64
+from sw.intref.network import IntegerConv2d
+from sw.quant.record import dequantize
+from sw.quant.quantizer import quantize_tensor
+
+
+def _contract(method="pwlq", bits=4, gran="cshape", shape=(8, 16, 3, 3), act_bits=8, scale_bits=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * torch.rand(shape[0], 1, 1, 1, generator=g)
+    return LayerContract.from_record("model.9.conv", quantize_tensor(w, method, bits, gran), act_bits, scale_bits)
+
+
+@pytest.mark.parametrize("method", ["affine", "symmetric", "symmetric-full", "pwlq"])
+@pytest.mark.parametrize("gran", ["layer", "filter", "channel", "fshape", "cshape"])
+def test_weight_int_matches_elementwise_definition(method, gran):
+    c = _contract(method, 4, gran, shape=(3, 4, 3, 3))
+    w_int = c.weight_int()
+    gid, reg = c.group_ids, c.region_index()
+    for idx in itertools.product(*(range(s) for s in c.shape)):
+        code = int(c.codes[idx])
+        g, r = int(gid[idx]), int(reg[idx])
+        if r == 1:  # PWLQ tail: sign bit and (k-1)-bit two's complement u
+            sign = -1 if code < 0 else 1
+            low = code % (1 << (c.weight_bits - 1))
+            u = low - (1 << (c.weight_bits - 1)) if low >= 1 << (c.weight_bits - 2) else low
+            expected = sign * (u - int(c.zero_point[g, 1])) * int(c.scale_int[g, 1])
+        else:
+            expected = (code - int(c.zero_point[g, 0])) * int(c.scale_int[g, 0])
+        assert int(w_int[idx]) == expected
+
+
+def test_scale_shift_is_the_largest_that_fits():
+    for scale_bits in (8, 12, 16):
+        s = torch.tensor([[0.013], [0.0021], [1.7e-5]], dtype=torch.float64)
+        e = scale_shift(s, scale_bits)
+        assert round(float(s.max()) * 2.0 ** e) <= (1 << scale_bits) - 1
+        assert round(float(s.max()) * 2.0 ** (e + 1)) > (1 << scale_bits) - 1
+    c = _contract()
+    assert int(c.scale_int.max()) <= (1 << c.scale_bits) - 1 and int(c.scale_int.min()) >= 0
+
+
+def test_hardware_weights_differ_from_fake_quant_only_by_scale_rounding():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(8, 16, 3, 3, generator=g)
+    qt = quantize_tensor(w, "pwlq", 4, "cshape")
+    c = LayerContract.from_record("l", qt, 8, 16)
+    err = (c.weight_float() - dequantize(qt, torch.float64)).abs()
+    bound = c.signed_diff().abs().double() * 2.0 ** -c.shift / 2  # |u - z| * half an ulp of S
+    assert (err <= bound * (1 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("method,bits,act_bits", [("pwlq", 4, 8), ("affine", 8, 10), ("symmetric", 2, 6),
+                                                  ("pwlq", 8, 8), ("symmetric-full", 5, 8)])
+def test_integer_conv_equals_independent_int64_conv(method, bits, act_bits):
+    c = _contract(method, bits, "fshape", shape=(6, 5, 3, 3), act_bits=act_bits)
+    g = torch.Generator().manual_seed(1)
+    lo, hi = c.act_range
+    x = torch.randint(lo, hi + 1, (2, 5, 9, 11), generator=g).double()
+    for stride, padding in ((1, 1), (2, 1), (1, 0)):
+        fast = integer_conv2d(x, c.weight_int(), stride, padding)
+        assert fast.dtype == torch.int64
+        assert torch.equal(fast, integer_conv2d_int64(x, c.weight_int(), stride, padding))
+
+
+def test_integer_conv_splits_when_float64_would_round():
+    g = torch.Generator().manual_seed(2)
+    w = torch.randint(-(1 << 40), 1 << 40, (3, 8, 3, 3), generator=g)
+    x = torch.randint(-512, 512, (1, 8, 6, 6), generator=g).double()
+    assert 72 * (1 << 40) * 512 > FLOAT64_EXACT  # the plain float64 path would not be exact
+    assert torch.equal(integer_conv2d(x, w, 1, 1), integer_conv2d_int64(x, w, 1, 1))
+
+
+@pytest.mark.parametrize("method,bits,act_bits,scale_bits,shape", [
+    ("pwlq", 4, 8, 16, (4, 64, 3, 3)), ("affine", 4, 8, 16, (4, 64, 3, 3)), ("affine", 8, 10, 12, (2, 32, 1, 1)),
+    ("symmetric", 2, 6, 8, (2, 3, 6, 6)), ("pwlq", 2, 8, 16, (2, 128, 1, 1)), ("symmetric-full", 6, 8, 16, (2, 7, 3, 3))])
+def test_adversarial_input_reaches_the_accumulator_bound(method, bits, act_bits, scale_bits, shape):
+    """N products at the extreme corner reach the derived bound exactly; one bit less would overflow."""
+    c = _contract(method, bits, "filter", shape, act_bits, scale_bits)
+    corner = c.adversarial_corner()
+    n = c.fan_in
+    w = torch.full((1,) + shape[1:], corner["diff"] * corner["scale"], dtype=torch.int64)
+    x = torch.full((1, shape[1], shape[2], shape[3]), float(corner["act"]), dtype=torch.float64)
+    acc = int(integer_conv2d(x, w, 1, 0).item())
+    assert acc == corner["acc"] == n * corner["diff"] * corner["scale"] * corner["act"]
+    lo, hi = c.acc_range
+    assert lo <= acc <= hi and acc in (lo, hi)
+    bits_needed = signed_bits_for(min(acc, 0), max(acc, 0))
+    assert bits_needed == c.acc_bits
+    half = 1 << (c.acc_bits - 2)  # range of one bit less: [-half, half - 1]
+    assert not (-half <= acc <= half - 1)
+    # and no combination of in-range factors exceeds the bound
+    dlo, dhi = c.diff_range
+    for d, s, a in itertools.product((dlo, dhi), c.scale_range, c.act_range):
+        assert lo <= n * d * s * a <= hi
+
+
+def test_diff_range_covers_every_stored_parameter():
+    for method in ("affine", "pwlq", "symmetric"):
+        c = _contract(method)
+        d = c.signed_diff()
+        dlo, dhi = c.diff_range
+        assert dlo <= int(d.min()) and int(d.max()) <= dhi
+        zlo, zhi = c.zero_point_range
+        assert zlo <= int(c.zero_point.min()) and int(c.zero_point.max()) <= zhi
+
+
+def test_act_quant_zero_point_and_padding():
+    q = ActQuant.from_range(8, -0.25, 6.0)
+    assert q.zero_point == -128 + round(0.25 / q.scale)
+    x = torch.tensor([-0.25, 0.0, 3.0, 6.0, 100.0])
+    codes = q.quantize(x)
+    assert codes[1].item() == q.zero_point  # 0.0 is exact
+    assert codes[-1].item() == 127 and codes[0].item() == -128
+    assert (q.dequantize(codes)[:4] - x[:4]).abs().max() <= q.scale / 2 + 1e-12
+    with pytest.raises(Exception):
+        ActQuant(8, 0.1, 300)
+
+
+def test_integer_conv2d_module_epilogue():
+    c = _contract("affine", 4, "cshape", shape=(5, 4, 3, 3))
+    conv = torch.nn.Conv2d(4, 5, 3, 1, 1, bias=True)
+    act = ActQuant.from_range(8, -0.3, 4.0)
+    m = IntegerConv2d(c, conv, act)
+    x = torch.rand(1, 4, 7, 7) * 4.5 - 0.3
+    y = m(x)
+    x_int = F.pad(act.quantize(x), [1] * 4, value=float(act.zero_point))
+    acc = integer_conv2d_int64(x_int, c.weight_int(), 1, 0)
+    expected = ((acc - act.zero_point * c.weight_int().sum((1, 2, 3)).view(1, -1, 1, 1)).double()
+                * 2.0 ** -c.shift * act.scale).float() + conv.bias.detach().view(1, -1, 1, 1)
+    assert torch.equal(y, expected)
+    # and it approximates the float conv of the dequantized activations with hardware weights
+    ref = F.conv2d(act.dequantize(act.quantize(x)), c.weight_float(), padding=1).float() + conv.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-5)

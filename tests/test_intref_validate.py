@@ -1,0 +1,33 @@
+"""``yoloq hw validate`` and ``yoloq hw formats`` end to end on a few images."""
+
+from __future__ import annotations
+
+import json
+
+from sw.cli import main
+
+
+def test_hw_validate_cli_writes_the_keys(yolov5n_path, coco_root, tmp_path):
+    out = tmp_path / "v.json"
+    assert main(["hw", "validate", "--weights", str(yolov5n_path), "--coco", str(coco_root), "--limit", "3",
+                 "--calib-images", "4", "--method", "pwlq", "--bits", "4", "--granularity", "cshape",
+                 "--json", str(out), "--quiet"]) == 0
+    r = json.loads(out.read_text())
+    for key in ("map50_sw", "map50_hw", "map50_95_sw", "map50_95_hw", "delta_map50", "map50_fp"):
+        assert isinstance(r[key], float)
+    assert r["delta_map50"] == r["map50_hw"] - r["map50_sw"]
+    assert len(r["layers"]) == 60 and all(layer["layer_sqnr_db"] > 15 for layer in r["layers"])
+    assert all(layer["acc_bits"] <= 53 for layer in r["layers"])
+
+
+def test_hw_formats_resumes(yolov5n_path, coco_root, tmp_path):
+    args = ["hw", "formats", "--weights", str(yolov5n_path), "--coco", str(coco_root), "--limit", "2",
+            "--calib-images", "2", "--granularity", "filter", "--act-bits-list", "6,8", "--scale-bits-list", "8",
+            "-o", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    first = (tmp_path / "points" / "A6-F8.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "points" / "A6-F8.json").stat().st_mtime_ns == first  # not recomputed
+    result = json.loads((tmp_path / "formats.json").read_text())
+    assert [(p["act_bits"], p["scale_bits"]) for p in result["points"]] == [(6, 8), (8, 8)]
+    assert (tmp_path / "formats.png").stat().st_size > 1000
