@@ -41,3 +41,16 @@ def yolov7_generated_path(tmp_path_factory) -> Path:
     model = generate_weights(YoloModel(builtin_config("yolov7-training"), names=NAMES), seed=0)
     write_official_checkpoint(model, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
+    """4-bit PWLQ mix3 quantized artifact of the generated YOLOv7 (real YOLOv7 layer shapes)."""
+    from sw.checkpoint import load_model
+    from sw.quant.artifact import save_quantized
+    from sw.quant.model import QuantSpec, quantize_model
+
+    path = tmp_path_factory.mktemp("q7") / "yolov7-pwlq4-mix3.yqa"
+    qm = quantize_model(load_model(yolov7_generated_path).model, QuantSpec("pwlq", 4, "mix3"), progress=False)
+    save_quantized(qm, path)
+    return path

@@ -32,8 +32,8 @@ def test_weight_int_matches_elementwise_definition(method, gran):
         g, r = int(gid[idx]), int(reg[idx])
         if r == 1:  # PWLQ tail: sign bit and (k-1)-bit two's complement u
             sign = -1 if code < 0 else 1
-            low = code % (1 << (c.weight_bits - 1))
-            u = low - (1 << (c.weight_bits - 1)) if low >= 1 << (c.weight_bits - 2) else low
+            low = code % (1 << (c.fmt.weight_bits - 1))
+            u = low - (1 << (c.fmt.weight_bits - 1)) if low >= 1 << (c.fmt.weight_bits - 2) else low
             expected = sign * (u - int(c.zero_point[g, 1])) * int(c.scale_int[g, 1])
         else:
             expected = (code - int(c.zero_point[g, 0])) * int(c.scale_int[g, 0])
@@ -47,7 +47,7 @@ def test_scale_shift_is_the_largest_that_fits():
         assert round(float(s.max()) * 2.0 ** e) <= (1 << scale_bits) - 1
         assert round(float(s.max()) * 2.0 ** (e + 1)) > (1 << scale_bits) - 1
     c = _contract()
-    assert int(c.scale_int.max()) <= (1 << c.scale_bits) - 1 and int(c.scale_int.min()) >= 0
+    assert int(c.scale_int.max()) <= (1 << c.fmt.scale_bits) - 1 and int(c.scale_int.min()) >= 0
 
 
 def test_hardware_weights_differ_from_fake_quant_only_by_scale_rounding():
@@ -65,7 +65,7 @@ def test_hardware_weights_differ_from_fake_quant_only_by_scale_rounding():
 def test_integer_conv_equals_independent_int64_conv(method, bits, act_bits):
     c = _contract(method, bits, "fshape", shape=(6, 5, 3, 3), act_bits=act_bits)
     g = torch.Generator().manual_seed(1)
-    lo, hi = c.act_range
+    lo, hi = c.fmt.act_range
     x = torch.randint(lo, hi + 1, (2, 5, 9, 11), generator=g).double()
     for stride, padding in ((1, 1), (2, 1), (1, 0)):
         fast = integer_conv2d(x, c.weight_int(), stride, padding)
@@ -87,21 +87,21 @@ def test_integer_conv_splits_when_float64_would_round():
 def test_adversarial_input_reaches_the_accumulator_bound(method, bits, act_bits, scale_bits, shape):
     """N products at the extreme corner reach the derived bound exactly; one bit less would overflow."""
     c = _contract(method, bits, "filter", shape, act_bits, scale_bits)
-    corner = c.adversarial_corner()
-    n = c.fan_in
+    corner = c.fmt.adversarial_corner()
+    n = c.fmt.fan_in
     w = torch.full((1,) + shape[1:], corner["diff"] * corner["scale"], dtype=torch.int64)
     x = torch.full((1, shape[1], shape[2], shape[3]), float(corner["act"]), dtype=torch.float64)
     acc = int(integer_conv2d(x, w, 1, 0).item())
     assert acc == corner["acc"] == n * corner["diff"] * corner["scale"] * corner["act"]
-    lo, hi = c.acc_range
+    lo, hi = c.fmt.acc_range
     assert lo <= acc <= hi and acc in (lo, hi)
     bits_needed = signed_bits_for(min(acc, 0), max(acc, 0))
-    assert bits_needed == c.acc_bits
-    half = 1 << (c.acc_bits - 2)  # range of one bit less: [-half, half - 1]
+    assert bits_needed == c.fmt.acc_bits
+    half = 1 << (c.fmt.acc_bits - 2)  # range of one bit less: [-half, half - 1]
     assert not (-half <= acc <= half - 1)
     # and no combination of in-range factors exceeds the bound
-    dlo, dhi = c.diff_range
-    for d, s, a in itertools.product((dlo, dhi), c.scale_range, c.act_range):
+    dlo, dhi = c.fmt.diff_range
+    for d, s, a in itertools.product((dlo, dhi), c.fmt.scale_range, c.fmt.act_range):
         assert lo <= n * d * s * a <= hi
 
 
@@ -109,9 +109,9 @@ def test_diff_range_covers_every_stored_parameter():
     for method in ("affine", "pwlq", "symmetric"):
         c = _contract(method)
         d = c.signed_diff()
-        dlo, dhi = c.diff_range
+        dlo, dhi = c.fmt.diff_range
         assert dlo <= int(d.min()) and int(d.max()) <= dhi
-        zlo, zhi = c.zero_point_range
+        zlo, zhi = c.fmt.zero_point_range
         assert zlo <= int(c.zero_point.min()) and int(c.zero_point.max()) <= zhi
 
 

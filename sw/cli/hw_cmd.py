@@ -8,7 +8,8 @@ from pathlib import Path
 from ..atomic import write_json
 from ..checkpoint import load_model
 from ..eval.coco import load_coco
-from ..errors import QuantizationError
+from ..errors import CheckpointError, QuantizationError
+from ..intref.contract import LayerContract
 from ..intref.formats import formats_table, run_formats, write_report
 from ..intref.validate import HardwareFormat, validate
 from ..paths import data_root
@@ -42,6 +43,19 @@ def add_parser(sub) -> None:
     add_data_arg(v)
     v.set_defaults(run=run_validate)
 
+    b = hw.add_parser("build", help="Verilog, $readmemh files and manifest of the PE for a quantized layer",
+                      description="Generate the processing element configured for a layer of a quantized "
+                                  "artifact: DIR/<module>.v, params.hex, weights.hex, manifest.json (with "
+                                  "--all-layers, one sub-folder per layer).")
+    b.add_argument("--quantized", required=True, help="quantized artifact from `yoloq quantize`")
+    which = b.add_mutually_exclusive_group(required=True)
+    which.add_argument("--layer", help="layer name, e.g. model.2.cv1.conv")
+    which.add_argument("--all-layers", action="store_true", help="every quantized layer of the model")
+    b.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle L (default 16)")
+    b.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    b.add_argument("-o", "--output", required=True, help="output folder")
+    b.set_defaults(run=run_build)
+
     f = hw.add_parser("formats", help="hardware-exact mAP over activation bits x scale bits",
                       description="Evaluate the hardware-exact model at every (act bits, scale bits) pair to show "
                                   "where the hardware format starts to cost mAP. Writes OUT/formats.md, .json, .png; "
@@ -57,6 +71,38 @@ def add_parser(sub) -> None:
     add_eval_args(f)
     add_data_arg(f)
     f.set_defaults(run=run_formats_cmd)
+
+
+def quantized_layers(path: str):
+    """The QuantizedModel inside a quantized artifact, with a clear error for anything else."""
+    loaded = load_model(path)
+    if loaded.kind != "quantized":
+        raise CheckpointError(f"{path}: not a quantized artifact (make one with `yoloq quantize`)")
+    return loaded.extras["quantized"]
+
+
+def run_build(args) -> int:
+    from hw.build import build_layer, module_name
+
+    if not 1 <= args.lanes <= 256:
+        raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
+    qm = quantized_layers(args.quantized)
+    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
+    if args.layer and args.layer not in qm.layers:
+        raise QuantizationError(f"{args.quantized}: no layer {args.layer!r}; layers are "
+                                f"{', '.join(quantized[:4])}, ... ({len(quantized)} quantized)")
+    if args.layer and qm.layers[args.layer].qt is None:
+        raise QuantizationError(f"{args.layer} was left in FP16 ({qm.layers[args.layer].note}); it has no PE")
+    names = quantized if args.all_layers else [args.layer]
+    out = Path(args.output)
+    for name in names:
+        contract = LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits)
+        folder = out / name if args.all_layers else out
+        m = build_layer(contract, qm.layers[name].qt, args.lanes, folder)
+        print(f"{name}: {folder / m['verilog']} ({m['pe']['mode']} mode, {m['pe']['lanes']} lanes, "
+              f"acc {m['pe']['acc_bits']} bits, latency {m['pe']['latency_cycles']}, "
+              f"lane use {m['stream']['lane_utilisation']:.0%}, {m['storage']['total_bits']:,} storage bits)")
+    return 0
 
 
 def _int_list(text: str, flag: str) -> list[int]:

@@ -24,13 +24,13 @@ per channel) removes the activation zero-point exactly; then, in float64, ``y = 
 s_a``; the conv bias, BN and the activation function follow in float32, as in the float model. The next conv
 quantizes its own input again.
 
-Accumulator width (:meth:`LayerContract.acc_bits`): every factor lies in a closed integer interval fixed by
+Accumulator width (:attr:`ContractFormat.acc_bits`): every factor lies in a closed integer interval fixed by
 the widths alone: ``sgn (u - z)`` in ``[d_min, d_max]`` (code width k, zero-point width Z), ``S`` in
 ``[0, 2^F - 1]``, ``x`` in ``[-2^(A-1), 2^(A-1)-1]``. Interval multiplication gives the exact range
 ``[p_min, p_max]`` of one product, so ``acc`` lies in ``[N p_min, N p_max]``, and the smallest two's
 complement width holding both ends cannot overflow for any input. The bound is tight: N products all at the
 extreme corner (codes, zero-point, scale and activations at their limits) reach it, and one bit less
-overflows (:meth:`LayerContract.adversarial_corner`).
+overflows (:meth:`ContractFormat.adversarial_corner`).
 """
 
 from __future__ import annotations
@@ -126,53 +126,29 @@ class ActQuant:
         return (codes.double() - self.zero_point) * self.scale
 
 
-@dataclass
-class LayerContract:
-    """Everything integer about one quantized conv: widths, per-group parameters, derived bounds.
+@dataclass(frozen=True)
+class ContractFormat:
+    """The widths of one conv's integer arithmetic and every bound derived from them.
 
-    Built from a :class:`~sw.quant.record.QuantizedTensor` by :meth:`from_record`; ``scale_int`` and
-    ``zero_point`` are [G, R] (R = 2 for PWLQ: centre, tail).
+    This is all the hardware generator needs to size a processing element; :class:`LayerContract` adds a
+    real layer's parameters to it.
     """
 
-    name: str
-    shape: tuple[int, int, int, int]         # W[o, c, kh, kw]
-    granularity: str
-    weight_bits: int                         # k
-    pwlq: bool
-    act_bits: int                            # A
-    scale_bits: int                          # F
-    shift: int                               # E
-    scale_int: torch.Tensor                  # int64 [G, R], each in [0, 2^F - 1]
-    zero_point: torch.Tensor                 # int64 [G, R]
-    zero_point_bits: int                     # Z, declared width of the stored zero-points (0: none)
-    codes: torch.Tensor = field(repr=False)  # int8 [o, c, kh, kw]
-    region: torch.Tensor | None = field(repr=False, default=None)
+    weight_bits: int          # k
+    pwlq: bool                # region bit present (R = 2 parameter sets per group)
+    act_bits: int             # A
+    scale_bits: int           # F
+    zero_point_bits: int      # Z, declared width of the stored zero-points (0: none)
+    fan_in: int               # N = c * kh * kw
 
-    @classmethod
-    def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
-                    scale_bits: int = DEFAULT_SCALE_BITS) -> "LayerContract":
-        if not 2 <= act_bits <= 16 or not 2 <= scale_bits <= 24:
-            raise QuantizationError(f"{name}: act_bits must be 2..16 and scale_bits 2..24, "
-                                    f"got {act_bits} and {scale_bits}")
-        e = scale_shift(qt.scale, scale_bits)
-        scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
-        zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
-        return cls(name, qt.shape, qt.granularity, qt.bits, qt.region is not None, act_bits, scale_bits, e,
-                   scale_int, qt.zero_point.clone(), zw, qt.codes, qt.region)
+    def __post_init__(self):
+        if not 2 <= self.weight_bits <= 8 or not 2 <= self.act_bits <= 16 or not 2 <= self.scale_bits <= 24 \
+                or not 0 <= self.zero_point_bits <= 32 or self.fan_in < 1:
+            raise QuantizationError(f"unsupported contract format {self}")
 
-    # ---- widths and ranges -------------------------------------------------------------------------
     @property
     def regions(self) -> int:
-        return self.scale_int.shape[1]
-
-    @property
-    def num_groups(self) -> int:
-        return self.scale_int.shape[0]
-
-    @property
-    def fan_in(self) -> int:
-        _, c, kh, kw = self.shape
-        return c * kh * kw
+        return 2 if self.pwlq else 1
 
     @property
     def act_range(self) -> tuple[int, int]:
@@ -242,6 +218,42 @@ class LayerContract:
                         return {"diff": d, "scale": s, "act": x, "acc": target}
         raise AssertionError("interval corner not found")  # interval_product guarantees a corner attains it
 
+
+@dataclass
+class LayerContract:
+    """Everything integer about one quantized conv: its format plus per-group parameters and codes.
+
+    Built from a :class:`~sw.quant.record.QuantizedTensor` by :meth:`from_record`; ``scale_int`` and
+    ``zero_point`` are [G, R] (R = 2 for PWLQ: centre, tail).
+    """
+
+    name: str
+    shape: tuple[int, int, int, int]         # W[o, c, kh, kw]
+    granularity: str
+    fmt: ContractFormat
+    shift: int                               # E
+    scale_int: torch.Tensor                  # int64 [G, R], each in [0, 2^F - 1]
+    zero_point: torch.Tensor                 # int64 [G, R]
+    codes: torch.Tensor = field(repr=False)  # int8 [o, c, kh, kw]
+    region: torch.Tensor | None = field(repr=False, default=None)
+
+    @classmethod
+    def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
+                    scale_bits: int = DEFAULT_SCALE_BITS) -> "LayerContract":
+        if not 2 <= act_bits <= 16 or not 2 <= scale_bits <= 24:
+            raise QuantizationError(f"{name}: act_bits must be 2..16 and scale_bits 2..24, "
+                                    f"got {act_bits} and {scale_bits}")
+        e = scale_shift(qt.scale, scale_bits)
+        scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
+        zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
+        _, c, kh, kw = qt.shape
+        fmt = ContractFormat(qt.bits, qt.region is not None, act_bits, scale_bits, zw, c * kh * kw)
+        return cls(name, qt.shape, qt.granularity, fmt, e, scale_int, qt.zero_point.clone(), qt.codes, qt.region)
+
+    @property
+    def num_groups(self) -> int:
+        return self.scale_int.shape[0]
+
     # ---- the integer weights ---------------------------------------------------------------------------
     @cached_property
     def group_ids(self) -> torch.Tensor:
@@ -251,16 +263,16 @@ class LayerContract:
         """``sgn * (u - z)`` per weight (int64, W's shape): the narrow factor the PE multiplies activations by."""
         codes = self.codes.to(torch.int64)
         g = self.group_ids
-        if not self.pwlq:
+        if not self.fmt.pwlq:
             return codes - self.zero_point[g, 0]
-        negative, u = unpack_tail(codes, self.weight_bits)
+        negative, u = unpack_tail(codes, self.fmt.weight_bits)
         tail = self.region
         mag = torch.where(tail, u - self.zero_point[g, 1], codes)
         return torch.where(tail & negative, -mag, mag)
 
     def region_index(self) -> torch.Tensor:
         """Which parameter column each weight uses (0, or 1 for PWLQ tails)."""
-        if not self.pwlq:
+        if not self.fmt.pwlq:
             return torch.zeros(self.shape, dtype=torch.int64)
         return self.region.to(torch.int64)
 
@@ -273,8 +285,8 @@ class LayerContract:
         return self.weight_int().double() * 2.0 ** -self.shift
 
     def summary(self) -> dict:
+        f = self.fmt
         return {"name": self.name, "shape": list(self.shape), "granularity": self.granularity,
-                "weight_bits": self.weight_bits, "pwlq": self.pwlq, "act_bits": self.act_bits,
-                "scale_bits": self.scale_bits, "shift": self.shift, "zero_point_bits": self.zero_point_bits,
-                "groups": self.num_groups, "regions": self.regions, "fan_in": self.fan_in,
-                "diff_bits": self.diff_bits, "acc_bits": self.acc_bits}
+                "weight_bits": f.weight_bits, "pwlq": f.pwlq, "act_bits": f.act_bits, "scale_bits": f.scale_bits,
+                "shift": self.shift, "zero_point_bits": f.zero_point_bits, "groups": self.num_groups,
+                "regions": f.regions, "fan_in": f.fan_in, "diff_bits": f.diff_bits, "acc_bits": f.acc_bits}

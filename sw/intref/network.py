@@ -30,8 +30,8 @@ class IntegerConv2d(nn.Module):
         if conv.groups != 1 or conv.dilation != (1, 1) or conv.stride[0] != conv.stride[1] \
                 or conv.padding[0] != conv.padding[1]:
             raise ValueError(f"{contract.name}: only square, ungrouped, undilated convs map to the PE")
-        if act.bits != contract.act_bits:
-            raise ValueError(f"{contract.name}: activation quantizer has {act.bits} bits, contract {contract.act_bits}")
+        if act.bits != contract.fmt.act_bits:
+            raise ValueError(f"{contract.name}: activation quantizer has {act.bits} bits, contract {contract.fmt.act_bits}")
         self.contract = contract
         self.act = act
         self.stride, self.padding = conv.stride[0], conv.padding[0]
@@ -47,7 +47,7 @@ class IntegerConv2d(nn.Module):
         x_int = self.act.quantize(x)
         if self.padding:
             x_int = F.pad(x_int, [self.padding] * 4, value=float(self.act.zero_point))
-        lo, hi = self.contract.act_range
+        lo, hi = self.contract.fmt.act_range
         return integer_conv2d(x_int, self.weight_int, self.stride, 0, act_max=max(-lo, hi))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

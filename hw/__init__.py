@@ -1,0 +1,1 @@
+"""yoloq hardware: the processing element in Amaranth, Verilog export and synthesis flows."""

@@ -1,0 +1,117 @@
+"""Generate the Verilog of a processing element configured for one quantized layer, with its memory files.
+
+For a layer, :func:`build_layer` writes into a folder:
+
+- ``<module>.v``: the PE (Amaranth -> Verilog), its parameter memory initialised with the layer's
+  parameters;
+- ``params.hex``: the same parameter words for ``$readmemh`` (one word per line, LSB-first packing of
+  :attr:`hw.config.PEConfig.word_layout`);
+- ``weights.hex``: the layer's packed weight codes in stream order, one beat per line: for each output
+  channel, its beats' code, tail-bit, address and last fields (the beat layout without the activations);
+- ``manifest.json``: ports, widths, latency, stream layout, and storage bits, checked against the
+  quantizer's memory accounting.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from sw.atomic import write_json, write_text
+from sw.intref.contract import LayerContract
+from sw.intref.stream import StreamLayout
+from sw.quant.accounting import SHIFT_BITS, quantized_storage
+
+from .config import PEConfig
+from .pe import ProcessingElement
+
+
+def module_name(layer: str) -> str:
+    """A Verilog identifier from a layer name: ``model.2.cv1.conv`` -> ``yoloq_pe_model_2_cv1_conv``."""
+    return "yoloq_pe_" + re.sub(r"[^0-9A-Za-z_]", "_", layer)
+
+
+def _hex_lines(words: list[int], width: int) -> str:
+    digits = max(1, -(-width // 4))
+    return "".join(f"{w & ((1 << width) - 1):0{digits}x}\n" for w in words)
+
+
+def weight_words(layout: StreamLayout) -> tuple[list[int], int]:
+    """Packed weight beats of every output channel (activation lanes left out), and their width."""
+    fmt = layout.stream_format()
+    act_width = fmt.fmt.act_bits * fmt.lanes
+    words = []
+    for o in range(layout.contract.shape[0]):
+        wb = layout.weight_beats(o)
+        zeros = {"act": [[0] * fmt.lanes] * layout.beats}
+        words += [w >> act_width for w in fmt.pack({**wb, **zeros})]
+    return words, fmt.width - act_width
+
+
+_PORT = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;", re.M)
+
+
+def verilog_ports(source: str) -> list[dict]:
+    """Ports of the generated top module, read back from its Verilog: name, direction, width."""
+    top = source[source.rfind("\nmodule "):]
+    return [{"name": name, "dir": d, "width": int(msb) + 1 if msb else 1} for d, msb, name in _PORT.findall(top)]
+
+
+def storage_report(contract: LayerContract, cfg: PEConfig, qt_storage) -> dict:
+    """Bits the layer needs in hardware, beside the quantizer's accounting of the same layer."""
+    n = contract.codes.numel()
+    code_bits = contract.fmt.weight_bits * n
+    region_bits = n if contract.fmt.pwlq else 0
+    param_bits = cfg.storage_bits()
+    hw_total = code_bits + region_bits + param_bits + SHIFT_BITS
+    padding = param_bits - contract.num_groups * cfg.group_word_layout.size  # lane mode: unused slots
+    return {"code_bits": code_bits, "region_bits": region_bits, "param_memory_bits": param_bits,
+            "shift_bits": SHIFT_BITS, "total_bits": hw_total, "padding_bits": padding,
+            "quantizer_storage_bits": qt_storage.storage_bits,
+            "agrees_with_quantizer": hw_total - padding == qt_storage.storage_bits}
+
+
+def build_layer(contract: LayerContract, qt, lanes: int, out: Path) -> dict:
+    """Write one layer's PE Verilog, memory files and manifest into ``out``; returns the manifest."""
+    out = Path(out)
+    layout = StreamLayout.build(contract, lanes)
+    cfg = PEConfig.for_layer(layout)
+    init = cfg.param_init(layout.param_memory())
+    pe = ProcessingElement(cfg, layout.param_memory())
+    name = module_name(contract.name)
+    source = verilog.convert(pe, name=name, emit_src=False)
+    write_text(out / f"{name}.v", source)
+    param_words = [cfg.word_layout.const(w).as_value().value for w in init]
+    write_text(out / "params.hex", _hex_lines(param_words, cfg.word_layout.size))
+    words, width = weight_words(layout)
+    write_text(out / "weights.hex", _hex_lines(words, width))
+    storage = storage_report(contract, cfg, quantized_storage(qt, contract.fmt.scale_bits))
+    if not storage["agrees_with_quantizer"]:
+        raise AssertionError(f"{contract.name}: hardware storage disagrees with the quantizer: {storage}")
+    manifest = {
+        "layer": contract.name, "module": name, "verilog": f"{name}.v", "contract": contract.summary(),
+        "pe": {"lanes": cfg.lanes, "mode": cfg.mode, "latency_cycles": cfg.latency, "acc_bits": cfg.acc_bits,
+               "beat_bits": cfg.beat_layout.size, "param_word_bits": cfg.word_layout.size,
+               "param_words": cfg.param_words, "addr_bits": cfg.addr_bits,
+               "beat_fields": [{"name": n, "bits": b, "items": i} for n, b, i in layout.stream_format().fields],
+               "param_word_fields": _word_fields(cfg)},
+        "stream": {"beats_per_dot_product": layout.beats, "lane_utilisation": round(layout.utilisation, 4),
+                   "weights_hex": "weights.hex", "weight_beat_bits": width, "params_hex": "params.hex"},
+        "ports": verilog_ports(source), "storage": storage,
+    }
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _word_fields(cfg: PEConfig) -> list[dict]:
+    fields = [{"name": "scale", "bits": cfg.fmt.scale_bits, "items": cfg.fmt.regions}]
+    if cfg.fmt.zero_point_bits:
+        fields.append({"name": "zero_point", "bits": cfg.fmt.zero_point_bits, "items": 1})
+    return fields if cfg.mode == "group" else [{"name": "lanes", "items": cfg.lanes, "fields": fields}]
+
+
+def load_manifest(folder: Path) -> dict:
+    return json.loads((Path(folder) / "manifest.json").read_text())
