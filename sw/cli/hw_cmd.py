@@ -17,6 +17,11 @@ from ..quant.model import quantize_model
 from .common import add_data_arg, add_eval_args, add_quant_args, coco_root, eval_kwargs, spec_from_args
 
 
+# Modules adding ``yoloq hw`` subcommands of their own (``add_parser(hw_subparsers)``), one per line.
+HW_SUBCOMMANDS = [
+]
+
+
 def _add_hw_format_args(p) -> None:
     g = p.add_argument_group("hardware format (integer contract)")
     g.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
@@ -71,6 +76,9 @@ def add_parser(sub) -> None:
     add_eval_args(f)
     add_data_arg(f)
     f.set_defaults(run=run_formats_cmd)
+
+    for module in HW_SUBCOMMANDS:  # further ``yoloq hw`` subcommands, each with add_parser(hw_subparsers)
+        module.add_parser(hw)
 
 
 def quantized_layers(path: str):
