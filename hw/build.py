@@ -54,9 +54,10 @@ def weight_words(layout: StreamLayout) -> tuple[list[int], int]:
 _PORT = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;", re.M)
 
 
-def verilog_ports(source: str) -> list[dict]:
-    """Ports of the generated top module, read back from its Verilog: name, direction, width."""
-    top = source[source.rfind("\nmodule "):]
+def verilog_ports(source: str, top: str) -> list[dict]:
+    """Ports of module ``top``, read back from the generated Verilog: name, direction, width."""
+    start = source.index(f"\nmodule {top}(")
+    top = source[start:source.index("\nendmodule", start)]
     return [{"name": name, "dir": d, "width": int(msb) + 1 if msb else 1} for d, msb, name in _PORT.findall(top)]
 
 
@@ -100,7 +101,7 @@ def build_layer(contract: LayerContract, qt, lanes: int, out: Path) -> dict:
                "param_word_fields": _word_fields(cfg)},
         "stream": {"beats_per_dot_product": layout.beats, "lane_utilisation": round(layout.utilisation, 4),
                    "weights_hex": "weights.hex", "weight_beat_bits": width, "params_hex": "params.hex"},
-        "ports": verilog_ports(source), "storage": storage,
+        "ports": verilog_ports(source, name), "storage": storage,
     }
     write_json(out / "manifest.json", manifest)
     return manifest

@@ -16,14 +16,17 @@ from amaranth.lib import data
 from sw.intref.contract import ContractFormat
 from sw.intref.stream import StreamFormat, StreamLayout, bits_for
 
-TREE_LEVELS = 2  # adder levels between pipeline registers in lane-sum trees
+from .arith import multiply_stages, tree_stages
+from .result_queue import LATENCY as QUEUE_LATENCY
+
+LEVELS = 1  # adder levels between pipeline registers in trees and multipliers (1: highest Fmax)
 
 
 @dataclass(frozen=True)
 class PEConfig:
     stream: StreamFormat
     param_words: int
-    tree_levels: int = TREE_LEVELS
+    levels: int = LEVELS
 
     @classmethod
     def for_layer(cls, layout: StreamLayout) -> "PEConfig":
@@ -113,17 +116,34 @@ class PEConfig:
             return [self._group_init(w["scale"], w["zero_point"]) for w in words]
         return [{"lanes": [self._group_init(s, z) for s, z in zip(w["scale"], w["zero_point"])]} for w in words]
 
-    # ---- timing ------------------------------------------------------------------------------------------
+    # ---- timing (the PE checks its own depth against these at elaboration) ------------------------------
     @property
-    def tree_stages(self) -> int:
-        levels = (self.lanes - 1).bit_length()
-        return max(0, (levels - 1) // self.tree_levels)
+    def product_stages(self) -> int:
+        return multiply_stages(self.fmt.weight_bits, self.levels) + 1
+
+    @property
+    def lane_sum_stages(self) -> int:
+        return tree_stages(self.lanes, self.levels) + 1
+
+    @property
+    def zero_point_stages(self) -> int:
+        return multiply_stages(self.fmt.zero_point_bits, self.levels) + 2 if self.fmt.zero_point_bits else 0
+
+    @property
+    def scale_stages(self) -> int:
+        return multiply_stages(self.fmt.scale_bits, self.levels) + 1
 
     @property
     def latency(self) -> int:
         """Cycles from accepting a dot product's last beat to its result on ``results``."""
-        after_decode = 4 if self.mode == "group" else 3
-        return 2 + self.tree_stages + after_decode + 1
+        core = 2 + self.product_stages + self.lane_sum_stages + self.zero_point_stages + self.scale_stages
+        # group mode registers the beat sum; then the running sum's end/begin and their difference
+        return core + (1 if self.mode == "group" else 0) + 2 + QUEUE_LATENCY
+
+    @property
+    def result_fifo_depth(self) -> int:
+        """Room for every result that can be in flight, so the pipeline never has to stall."""
+        return self.latency + 2
 
     def storage_bits(self) -> int:
         """Bits of parameter memory that a layer actually uses (words x word width)."""

@@ -5,29 +5,36 @@ parameter address, an end-of-dot-product flag) and returns each dot product's ac
 the integer contract of :mod:`sw.intref.contract`. Everything it is sized by comes from ``sw``
 (:class:`~hw.config.PEConfig`); nothing here is re-typed.
 
-Datapath (every stage registered; the whole pipeline advances together, and stalls when a result waits):
+Datapath, fully pipelined, and never stalled: back-pressure is absorbed by a result FIFO, and a beat is
+accepted only while the FIFO has room for every result already in flight (credits). The pipeline registers
+therefore need no clock enable, and no ready signal fans out across the datapath, which is what limits
+the clock of a stall-based pipeline.
 
 1. decode: per lane, the value ``u`` (PWLQ tails: the low k-1 bits, sign-extended) and the sign ``sgn``
-   (a tail code's top bit); narrow products ``sgn u x`` (k x A bits) and signed activations ``sgn x``.
-2. group mode: per region r, lane sums P_r = sum sgn u x and X_r = sum sgn x (a pipelined adder tree);
+   (a tail code's top bit); then the narrow product ``sgn u x`` (k x A bits) and ``sgn x``.
+2. group mode: per region r, lane sums P_r = sum sgn u x and X_r = sum sgn x (pipelined adder trees);
    lane mode: kept per lane.
 3. zero-point: T = P - z X, once per beat and region (group mode) or per lane (lane mode).
-4. scale: S T (the F-bit mantissa), once per beat and region, or per lane; then summed.
+4. scale: S T with the F-bit mantissa, once per beat and region (group mode) or per lane, then summed.
 5. accumulate; on the last beat of a dot product the sum goes out on ``results``.
 
 Applying the zero-point to activation sums and the scale to lane sums keeps the per-lane multipliers narrow
-(k x A bits) and the wide scale multipliers few (R per PE in group mode, independent of L). By the
-contract, integer associativity makes the result equal to sum_i sgn_i (u_i - z_i) S_i x_i.
+(k x A bits) and the wide scale multipliers few (R per PE in group mode, whatever L). Integer associativity
+makes the result equal to sum_i sgn_i (u_i - z_i) S_i x_i, which is the contract. Multipliers are pipelined
+shift-add trees (:mod:`hw.arith`), so timing does not depend on how a tool maps DSP blocks.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .arith import add_tree, multiply
 from .config import PEConfig
+from .param_memory import READ_LATENCY, ECP5ParamMemory, ParamMemory
+from .result_queue import LATENCY as QUEUE_LATENCY
+from .result_queue import ResultQueue
 
 
 def param_write_signature(cfg: PEConfig) -> wiring.Signature:
@@ -40,20 +47,20 @@ class ProcessingElement(wiring.Component):
 
     Members: ``elements`` (in stream of beats), ``results`` (out stream of signed accumulators),
     ``params`` (parameter memory write port). ``init`` is the parameter memory contents (one dict per word,
-    see :meth:`hw.config.PEConfig.param_init`); without it the memory starts zeroed and is loaded via
-    ``params``.
+    see :meth:`hw.config.PEConfig.param_init`); without it the memory starts zeroed and is loaded through
+    ``params``. ``memory="ecp5"`` builds the parameter memory from ECP5 block RAMs with output registers.
     """
 
     FAULTS = ("zero_point_off_by_one", "dropped_carry")
 
-    def __init__(self, cfg: PEConfig, init: list | None = None, fault: str | None = None):
+    def __init__(self, cfg: PEConfig, init: list | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
         ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
         if fault is not None and fault not in self.FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
-        self.cfg = cfg
-        self._init = init
-        self.fault = fault
+        if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
+            raise ValueError("memory must be 'generic' or 'ecp5' (ECP5 block RAMs start empty: no init)")
+        self.cfg, self._init, self.fault, self.memory = cfg, init, fault, memory
         super().__init__({
             "elements": In(stream.Signature(cfg.beat_layout)),
             "results": Out(stream.Signature(signed(cfg.acc_bits))),
@@ -63,126 +70,167 @@ class ProcessingElement(wiring.Component):
     def elaborate(self, platform):
         cfg = self.cfg
         m = Module()
-        advance = Signal()
-        m.d.comb += [advance.eq(~self.results.valid | self.results.ready), self.elements.ready.eq(advance)]
 
-        m.submodules.params = mem = Memory(shape=cfg.word_layout, depth=cfg.param_words,
-                                          init=cfg.param_init(self._init))
-        wr = mem.write_port()
-        rd = mem.read_port()
-        m.d.comb += [wr.en.eq(self.params.en), wr.addr.eq(self.params.addr), wr.data.eq(self.params.data),
-                     rd.en.eq(advance), rd.addr.eq(self.elements.payload.addr)]
+        def reg(value, name):
+            """A pipeline register."""
+            r = Signal.like(value, name=name)
+            m.d.sync += r.eq(value)
+            return r
 
-        def stage(value, name):
-            """A pipeline register that moves only when the pipeline advances."""
-            reg = Signal.like(value, name=name)
-            m.d.sync += reg.eq(Mux(advance, value, reg))
-            return reg
+        def delay(value, cycles, name):
+            for i in range(cycles):
+                value = reg(value, f"{name}_d{i}")
+            return value
 
-        # 0 -> 1: accept a beat (the parameter word arrives alongside from the synchronous read port)
+        # parameter memory: read at the beat's address, the word arrives READ_LATENCY cycles later
+        word_bits = cfg.word_layout.size
+        if self.memory == "ecp5":
+            mem = ECP5ParamMemory(word_bits, cfg.param_words)
+        else:
+            init = [cfg.word_layout.const(w).as_value().value for w in cfg.param_init(self._init)]
+            mem = ParamMemory(word_bits, cfg.param_words, init)
+        m.submodules.params = mem
+        m.d.comb += [mem.write_en.eq(self.params.en), mem.write_addr.eq(self.params.addr),
+                     mem.write_data.eq(self.params.data.as_value()),
+                     mem.read_en.eq(1), mem.read_addr.eq(self.elements.payload.addr)]
+        word = data.View(cfg.word_layout, mem.read_data)
+
+        # results wait in a FIFO; a dot product is admitted only with a FIFO slot reserved for its result:
+        # one counter of unreserved slots, taken by an accepted last beat, given back when a result leaves
+        m.submodules.results = queue = ResultQueue(cfg.acc_bits, cfg.result_fifo_depth)
+        wiring.connect(m, wiring.flipped(self.results), queue.output)
+        free_slots = Signal(range(cfg.result_fifo_depth + 1), init=cfg.result_fifo_depth)
+        m.d.comb += self.elements.ready.eq(free_slots != 0)
+        accepted = self.elements.valid & self.elements.ready
+        m.d.sync += free_slots.eq(free_slots - (accepted & self.elements.payload.last)
+                                  + (self.results.valid & self.results.ready))
+
+        # stage 1: the accepted beat
         beat = Signal(cfg.beat_layout, name="beat")
         valid = Signal(name="valid_s1")
-        with m.If(advance):
-            m.d.sync += [beat.eq(self.elements.payload), valid.eq(self.elements.valid)]
-        word = rd.data
-        last = beat.last
+        m.d.sync += [beat.eq(self.elements.payload), valid.eq(accepted)]
+        side = {"valid": valid, "last": beat.last}  # travels with the data, stage by stage
+        stage = 1
 
-        # 1 -> 2: decode lanes into narrow signed products and signed activations
-        prods, acts, tails = [], [], []
+        # stage 2: decode each lane into sgn u, x and sgn x (the word arrives here too)
+        lanes = []
         for lane in range(cfg.lanes):
             code, act = beat.code[lane], beat.act[lane]
             if cfg.fmt.pwlq:
                 tail = beat.tail[lane]
                 u = Mux(tail, code[:cfg.fmt.weight_bits - 1].as_signed(), code)
                 negative = tail & code[cfg.fmt.weight_bits - 1]
-                u_signed = Mux(negative, -u, u)
-                act_signed = Mux(negative, -act, act)
+                lanes.append({"u": reg(Mux(negative, -u, u)[:cfg.fmt.weight_bits].as_signed(), f"u_{lane}"),
+                              "x": reg(act, f"x_{lane}"),
+                              "sx": reg(Mux(negative, -act, act)[:cfg.fmt.act_bits + 1].as_signed(), f"sx_{lane}"),
+                              "tail": reg(Cat(tail), f"tail_{lane}")})
             else:
-                tail, u_signed, act_signed = 0, code, act
-            prods.append(stage((u_signed * act).as_signed()[:cfg.prod_bits].as_signed(), f"prod_{lane}"))
-            acts.append(stage(act_signed[:cfg.fmt.act_bits + 1].as_signed(), f"sact_{lane}"))
-            tails.append(stage(Cat(tail), f"tail_{lane}") if cfg.fmt.pwlq else None)
-        word, last, valid = stage(word, "word_s2"), stage(last, "last_s2"), stage(valid, "valid_s2")
+                x = reg(act, f"x_{lane}")
+                lanes.append({"u": reg(code, f"u_{lane}"), "x": x, "sx": x, "tail": None})
+        side = {k: reg(v, f"{k}_s2") for k, v in side.items()}
+        stage = 2
+        assert stage == READ_LATENCY, "the parameter word must meet the decoded beat"
 
-        if cfg.mode == "group":
-            contrib, delay = self._group_scale(m, stage, prods, acts, tails, word)
-        else:
-            contrib, delay = self._lane_scale(m, stage, prods, acts, tails, word)
-        for i in range(delay):
-            last, valid = stage(last, f"last_d{i}"), stage(valid, f"valid_d{i}")
+        # narrow products sgn u x (u: k bits sets the partial products), sgn x delayed alongside
+        for i, ln in enumerate(lanes):
+            p, n = multiply(reg, ln["x"], ln["u"], f"prod_{i}", cfg.levels)
+            ln["p"] = reg(p[:cfg.prod_bits].as_signed(), f"p_{i}")
+            ln["sx"] = delay(ln["sx"], n + 1, f"sx_{i}")
+            ln["tail"] = delay(ln["tail"], n + 1, f"tail_{i}") if ln["tail"] is not None else None
+        stage += cfg.product_stages
 
-        # accumulate; a finished dot product goes out and the accumulator restarts
-        acc = Signal(signed(cfg.acc_bits), name="acc")
-        total = Signal(signed(cfg.acc_bits), name="acc_next")
+        scale = self._group_scale if cfg.mode == "group" else self._lane_scale
+        contrib, stage = scale(reg, delay, lanes, word, stage)  # contrib is valid at ``stage``
+        side = {k: delay(v, stage - 2, f"{k}_dp") for k, v in side.items()}
+
+        # accumulate: a running sum that is never cleared (two's complement wraps modulo 2^acc_bits); a dot
+        # product's result is the running sum at its last beat minus the one at the previous dot product's
+        # last beat. Exact, since every true result fits acc_bits (the contract's bound), and it leaves the
+        # loop a bare adder while the subtraction is pipelined outside it.
+        running = Signal(signed(cfg.acc_bits), name="running_sum")
+        total = Signal(signed(cfg.acc_bits), name="running_next")
         if self.fault == "dropped_carry":  # the carry from the low 16 bits never reaches the high part
-            low = acc[:16] + contrib[:16]
-            m.d.comb += total.eq(Cat(low[:16], acc[16:] + contrib[16:]))
+            low = running[:16] + contrib[:16]
+            m.d.comb += total.eq(Cat(low[:16], running[16:] + contrib[16:]))
         else:
-            m.d.comb += total.eq(acc + contrib)
-        with m.If(advance):
-            m.d.sync += self.results.valid.eq(valid & last)
-            with m.If(valid):
-                m.d.sync += acc.eq(Mux(last, 0, total))
-                with m.If(last):
-                    m.d.sync += self.results.payload.eq(total)
+            m.d.comb += total.eq(running + contrib)
+        previous_end = Signal(signed(cfg.acc_bits), name="previous_end")
+        end, begin = Signal.like(total, name="end"), Signal.like(total, name="begin")
+        done = Signal(name="done")
+        m.d.sync += done.eq(side["valid"] & side["last"])
+        with m.If(side["valid"]):
+            m.d.sync += running.eq(total)
+            with m.If(side["last"]):
+                m.d.sync += [end.eq(total), begin.eq(previous_end), previous_end.eq(total)]
+        result = reg((end - begin)[:cfg.acc_bits].as_signed(), "result")
+        finished = reg(done, "finished")
+        m.d.comb += [queue.write_en.eq(finished), queue.write_data.eq(result)]
+        assert stage + 2 + QUEUE_LATENCY == cfg.latency, f"pipeline depth {stage} + 2 + queue != {cfg.latency}"
         return m
-
-    def _tree(self, m, stage, values, name):
-        """Pipelined adder tree: ``cfg.tree_levels`` adder levels per register stage. Returns (sum, stages)."""
-        level, stages = 0, 0
-        while len(values) > 1:
-            pairs = [values[i] + values[i + 1] for i in range(0, len(values) - 1, 2)]
-            values = pairs + ([values[-1]] if len(values) % 2 else [])
-            level += 1
-            if level % self.cfg.tree_levels == 0 and len(values) > 1:
-                values = [stage(v, f"{name}_l{level}_{i}") for i, v in enumerate(values)]
-                stages += 1
-        return values[0], stages
 
     def _zero_point(self, word, region):
         z = self.cfg.zero_point_of(word, region)
         if z is not None and self.fault == "zero_point_off_by_one":
-            return z + 1
+            return (z + 1)[:z.shape().width + 1].as_signed()
         return z
 
-    def _group_scale(self, m, stage, prods, acts, tails, word):
-        """Group mode: sum lanes per region, then T = P - z X and S T once per beat. Returns (sum, delay)."""
+    def _group_scale(self, reg, delay, lanes, word, stage):
+        """Group mode: per region sum the lanes, then T = P - z X and S T once per beat."""
         cfg = self.cfg
-        sums, delay = [], 0
-        for r in range(cfg.fmt.regions):
-            def pick(v, t, r=r):
-                return v if t is None else Mux(t[0] if r else ~t[0], v, 0)
-            p, delay = self._tree(m, stage, [pick(v, t) for v, t in zip(prods, tails)], f"psum{r}")
-            x, _ = self._tree(m, stage, [pick(v, t) for v, t in zip(acts, tails)], f"xsum{r}")
-            sums.append((p, x))
-        for i in range(delay):  # the trees' register stages
-            word = stage(word, f"word_tree{i}")
-        word = stage(word, "word_P")
-        sums = [(stage(p, f"P{r}"), stage(x, f"X{r}")) for r, (p, x) in enumerate(sums)]
+        lv = cfg.levels
         terms = []
-        for r, (p, x) in enumerate(sums):
+        for r in range(cfg.fmt.regions):
+            def pick(ln, key, r=r):
+                t = ln["tail"]
+                return ln[key] if t is None else Mux(t[0] if r else ~t[0], ln[key], 0)
+            p, _ = add_tree(reg, [pick(ln, "p") for ln in lanes], f"P{r}", lv)
+            x, _ = add_tree(reg, [pick(ln, "sx") for ln in lanes], f"X{r}", lv)
+            terms.append((reg(p, f"P{r}"), reg(x, f"X{r}")))
+        stage += cfg.lane_sum_stages
+        word = delay(word, stage - 2, "word_z")
+        zeroed = []
+        for r, (p, x) in enumerate(terms):
             z = self._zero_point(word, r)
-            terms.append(stage(p - z * x if z is not None else p, f"T{r}"))
-        word = stage(word, "word_T")
-        scaled = [stage(t * cfg.scale_of(word, r), f"ST{r}") for r, t in enumerate(terms)]
-        total = stage(sum(scaled[1:], scaled[0]), "beat_sum")
-        return total, delay + 4  # P, T, ST, beat_sum
+            if z is None:
+                zeroed.append(delay(p, cfg.zero_point_stages, f"T{r}"))
+                continue
+            zx, _ = multiply(reg, x, z, f"zX{r}", lv)
+            zx = reg(zx, f"zX{r}")
+            zeroed.append(reg(delay(p, cfg.zero_point_stages - 1, f"Pz{r}") - zx, f"T{r}"))
+        stage += cfg.zero_point_stages
+        word = delay(word, cfg.zero_point_stages, "word_s")
+        scaled = []
+        for r, t in enumerate(zeroed):
+            st, _ = multiply(reg, t, cfg.scale_of(word, r), f"ST{r}", lv)
+            scaled.append(reg(st, f"ST{r}"))
+        stage += cfg.scale_stages
+        return reg(sum(scaled[1:], scaled[0]), "beat_sum"), stage + 1
 
-    def _lane_scale(self, m, stage, prods, acts, tails, word):
+    def _lane_scale(self, reg, delay, lanes, word, stage):
         """Lane mode: per lane T = sgn u x - z sgn x and S T with the lane's own group, then a tree."""
         cfg = self.cfg
-        terms = []
-        for lane, (p, x, t) in enumerate(zip(prods, acts, tails)):
-            lane_word = word.lanes[lane]
+        lv = cfg.levels
+        word = delay(word, stage - 2, "word_z")
+        scaled = []
+        for i, ln in enumerate(lanes):
+            lane_word = word.lanes[i]
+            t = ln["tail"]
             if t is None:
                 z, s = self._zero_point(lane_word, 0), cfg.scale_of(lane_word, 0)
             else:
-                z0, z1 = self._zero_point(lane_word, 0), self._zero_point(lane_word, 1)
-                z = None if z0 is None and z1 is None else Mux(t[0], z1 if z1 is not None else 0,
-                                                               z0 if z0 is not None else 0)
+                zs = [self._zero_point(lane_word, r) for r in range(2)]
+                z = None if all(v is None for v in zs) else Mux(t[0], zs[1] if zs[1] is not None else 0,
+                                                                zs[0] if zs[0] is not None else 0)
                 s = Mux(t[0], cfg.scale_of(lane_word, 1), cfg.scale_of(lane_word, 0))
-            s = stage(s, f"S_{lane}")
-            term = stage(p - z * x if z is not None else p, f"T_{lane}")
-            terms.append(stage(term * s, f"ST_{lane}"))
-        total, depth = self._tree(m, stage, terms, "lsum")
-        return stage(total, "beat_sum"), depth + 3
+            s = delay(s, cfg.zero_point_stages, f"S_{i}")
+            if z is None:
+                term = delay(ln["p"], cfg.zero_point_stages, f"T_{i}")
+            else:
+                zx, _ = multiply(reg, ln["sx"], z, f"zX_{i}", lv)
+                zx = reg(zx, f"zX_{i}")
+                term = reg(delay(ln["p"], cfg.zero_point_stages - 1, f"Pz_{i}") - zx, f"T_{i}")
+            st, _ = multiply(reg, term, s, f"ST_{i}", lv)
+            scaled.append(reg(st, f"ST_{i}"))
+        stage += cfg.zero_point_stages + cfg.scale_stages
+        total, _ = add_tree(reg, scaled, "lane_sum", lv)
+        return reg(total, "beat_sum"), stage + cfg.lane_sum_stages

@@ -33,7 +33,7 @@ def test_build_yolov7_layer_lints_clean_and_agrees_with_quantizer(qm7, yolov7_pw
     rc, messages = lint(verilog)
     assert rc == 0, messages
     rc, raw = lint(verilog, waivers=False)
-    assert set(re.findall(r"%Warning-(\w+)", raw)) <= {"PROCASSINIT", "WIDTHEXPAND", "UNUSEDSIGNAL"}
+    assert set(re.findall(r"%Warning-(\w+)", raw)) <= {"PROCASSINIT", "WIDTHEXPAND", "UNUSEDSIGNAL", "DECLFILENAME"}
     assert manifest["storage"]["agrees_with_quantizer"]
     assert manifest["pe"]["mode"] == ("lane" if granularity == "fshape" else "group")
     assert {p["name"] for p in manifest["ports"]} >= {"elements__payload", "elements__valid", "elements__ready",

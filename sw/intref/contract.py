@@ -219,6 +219,17 @@ class ContractFormat:
         raise AssertionError("interval corner not found")  # interval_product guarantees a corner attains it
 
 
+def superset_format(formats: list[ContractFormat]) -> ContractFormat:
+    """One format wide enough for every given layer (same k and PWLQ-ness): a PE sized by it computes
+    every one of their accumulators exactly, since each width is an upper bound."""
+    kinds = {(f.weight_bits, f.pwlq) for f in formats}
+    if len(kinds) != 1:
+        raise QuantizationError(f"layers mix code widths / methods {sorted(kinds)}; no common PE format")
+    return ContractFormat(formats[0].weight_bits, formats[0].pwlq, max(f.act_bits for f in formats),
+                          max(f.scale_bits for f in formats), max(f.zero_point_bits for f in formats),
+                          max(f.fan_in for f in formats))
+
+
 @dataclass
 class LayerContract:
     """Everything integer about one quantized conv: its format plus per-group parameters and codes.
