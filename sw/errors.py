@@ -23,3 +23,7 @@ class ConfigError(YoloqError):
 
 class QuantizationError(YoloqError):
     """Invalid quantization request: bit width, granularity, method, or non-finite weights."""
+
+
+class SweepError(YoloqError):
+    """Invalid sweep request (preset, --bits range, executor) or a results folder from a different sweep."""
