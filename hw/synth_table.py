@@ -1,0 +1,74 @@
+"""Resource and speed table of the PE on ECP5-85k: lanes x code bits x {uniform, PWLQ}.
+
+Each configuration's PE is sized for every layer of YOLOv7 (generated weights) quantized that way
+(:func:`hw.synth_configs.model_pe_config`, group addressing). Results are cached per configuration in
+``OUT/points/<key>.json``, so an interrupted run resumes; ``OUT/table.md`` and ``OUT/table.json`` collect them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sw.atomic import write_json, write_text
+
+from .synth import synthesize
+from .synth_configs import model_pe_config, write_pe
+
+METHODS = {"uniform": "affine", "PWLQ": "pwlq"}
+
+
+def yolov7_quantized(method: str, bits: int):
+    """Generated YOLOv7 quantized with ``method`` at ``bits``, mix3 (the paper's recommended mix)."""
+    from sw.checkpoint.official import generate_weights
+    from sw.models import YoloModel, builtin_config
+    from sw.quant.model import QuantSpec, quantize_model
+
+    model = generate_weights(YoloModel(builtin_config("yolov7-training")), seed=0)
+    return quantize_model(model, QuantSpec(method, bits, "mix3"), progress=False)
+
+
+def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5", act_bits: int = 8,
+              seed: int = 1, progress: bool = True) -> list[dict]:
+    out = Path(out)
+    todo = [(label, k, lane) for label in METHODS for k in bits for lane in lanes]
+    models = {}
+    rows = []
+    for label, k, lane in tqdm(todo, desc="synthesis", unit="PE", disable=not progress):
+        point = out / "points" / f"{target}-{METHODS[label]}-{k}b-{lane}L.json"
+        if not point.exists():
+            if (label, k) not in models:
+                models[(label, k)] = yolov7_quantized(METHODS[label], k)
+            cfg = model_pe_config(models[(label, k)], lane, act_bits)
+            with tempfile.TemporaryDirectory() as tmp:
+                name = f"pe_{METHODS[label]}{k}_l{lane}"
+                verilog, port_bits = write_pe(cfg, name, Path(tmp), memory="ecp5" if target == "ecp5" else "generic")
+                result = synthesize(verilog, name, target, Path(tmp) / target, seed=seed, port_bits=port_bits)
+            fmax = result.fmax_mhz
+            write_json(point, {"method": label, "bits": k, "lanes": lane, **result.as_dict(),
+                               "lut4_per_lane": round(result.lut4 / lane, 1),
+                               "macs_per_s": lane * fmax * 1e6 if fmax else None,
+                               "latency_cycles": cfg.latency, "acc_bits": cfg.acc_bits,
+                               "zero_point_bits": cfg.fmt.zero_point_bits, "fan_in": cfg.fmt.fan_in,
+                               "param_words": cfg.param_words})
+        rows.append(json.loads(point.read_text()))
+    return rows
+
+
+def table_markdown(rows: list[dict]) -> str:
+    lines = ["| method | k | lanes L | LUT4 | FF | DSP | BRAM | Fmax MHz | LUT4 / lane | MACs/s (L x Fmax) | latency |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["method"], r["bits"], r["lanes"])):
+        macs = f"{r['macs_per_s'] / 1e9:.2f} G" if r["macs_per_s"] else "-"
+        fmax = f"{r['fmax_mhz']:.1f}" if r["fmax_mhz"] else "-"
+        lines.append(f"| {r['method']} | {r['bits']} | {r['lanes']} | {r['lut4']} | {r['ff']} | {r['dsp']} | "
+                     f"{r['bram']} | {fmax} | {r['lut4_per_lane']} | {macs} | {r['latency_cycles']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: list[dict], out: Path) -> None:
+    write_json(Path(out) / "table.json", rows)
+    write_text(Path(out) / "table.md", table_markdown(rows))

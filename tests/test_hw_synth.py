@@ -1,0 +1,39 @@
+"""Synthesis flows on a small PE: every target runs and reports its resources; ECP5 reports an Fmax."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hw.config import PEConfig
+from hw.synth import synthesize
+from hw.synth_configs import write_pe
+from sw.cli import main
+from sw.intref.contract import ContractFormat
+
+SMALL = PEConfig.generic(ContractFormat(4, True, 8, 16, 5, 72), lanes=2, mode="group", groups=64)
+
+
+@pytest.mark.parametrize("target", ["generic", "ice40"])
+def test_synthesis_only_targets(target, tmp_path):
+    verilog, port_bits = write_pe(SMALL, "pe_small", tmp_path)
+    r = synthesize(verilog, "pe_small", target, tmp_path / target, port_bits=port_bits)
+    assert r.lut4 > 100 and r.ff > 50 and r.fmax_mhz is None
+    if target == "ice40":
+        assert "exceed" in r.note  # the PE has more port bits than an UP5K has pins
+
+
+@pytest.mark.slow
+def test_ecp5_place_and_route_reports_fmax(tmp_path):
+    verilog, _ = write_pe(SMALL, "pe_small", tmp_path, memory="ecp5")
+    r = synthesize(verilog, "pe_small", "ecp5", tmp_path / "ecp5")
+    assert r.device.startswith("LFE5U-85F") and r.bram >= 1 and r.dsp == 0
+    assert 50 < r.fmax_mhz < 500 and r.critical_path
+
+
+def test_synth_cli_rejects_bad_requests(tmp_path, capsys):
+    assert main(["hw", "synth", "--lanes", "0"]) == 2
+    assert "--lanes must be from 1 to 256" in capsys.readouterr().err
+    assert main(["hw", "synth-table", "--lanes", "x", "-o", str(tmp_path)]) == 2
+    assert "--lanes: expected comma-separated integers" in capsys.readouterr().err
