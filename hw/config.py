@@ -137,8 +137,8 @@ class PEConfig:
     def latency(self) -> int:
         """Cycles from accepting a dot product's last beat to its result on ``results``."""
         core = 2 + self.product_stages + self.lane_sum_stages + self.zero_point_stages + self.scale_stages
-        # group mode registers the beat sum; then the running sum's end/begin and their difference
-        return core + (1 if self.mode == "group" else 0) + 2 + QUEUE_LATENCY
+        # group mode registers the beat sum; then the running sum, its end/begin snapshots, their difference
+        return core + (1 if self.mode == "group" else 0) + 3 + QUEUE_LATENCY
 
     @property
     def result_fifo_depth(self) -> int:

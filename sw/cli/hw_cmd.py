@@ -15,12 +15,14 @@ from ..intref.validate import HardwareFormat, validate
 from ..paths import data_root
 from ..quant.model import quantize_model
 from . import hw_synth_cmd
+from . import hw_cosim_cmd
 from .common import add_data_arg, add_eval_args, add_quant_args, coco_root, eval_kwargs, spec_from_args
 
 
 # Modules adding ``yoloq hw`` subcommands of their own (``add_parser(hw_subparsers)``), one per line.
 HW_SUBCOMMANDS = [
     hw_synth_cmd,
+    hw_cosim_cmd,
 ]
 
 

@@ -1,0 +1,5 @@
+"""cocotb co-simulation of the generated processing element against ``sw``'s integer reference.
+
+:mod:`sim.cosim` runs layers through the RTL (Icarus or Verilator via cocotb's runner); :mod:`sim.capture`
+makes the layers of a real network on COCO images; ``yoloq hw cosim`` is the command. See sim/README.md.
+"""

@@ -1,0 +1,332 @@
+"""Co-simulate layers through the RTL and compare every accumulator with ``sw``: the engine of ``yoloq hw cosim``.
+
+Given :class:`~sim.stimulus.LayerCase` s (from a real network, :mod:`sim.capture`, or built by hand for
+edge cases), :func:`cosimulate`
+
+1. plans the PEs to build (:func:`plan_builds`). Per-layer exact builds (``exact=True``: the PE that
+   ``yoloq hw build`` writes for the layer, :meth:`hw.config.PEConfig.for_layer`) cost one simulator
+   compilation per layer, which for Verilator and 92 YOLOv7 layers is far too slow. The contract's widths
+   are upper bounds: a PE elaborated with the widest zero-point, the largest fan-in (hence accumulator) and
+   the deepest parameter memory of a set of layers computes exactly the same integers for each of them
+   (values are sign-extended, never truncated). So by default one *superset* PE is built per group of
+   layers that share what does change the datapath (addressing mode, code bits k, PWLQ or not, activation
+   and scale bits), and each layer's parameters are written through the PE's ``params`` port before its
+   beats. A whole model is one or two builds (three with ``--first-last-8bit``). What a superset build
+   cannot show is that an exact-width PE's accumulator does not overflow; the exact builds in the test
+   suite cover that (including the contract's adversarial corner at the accumulator bound);
+2. writes each build's memories and program (:mod:`sim.stimulus`, :mod:`sim.wrapper`) into a run folder;
+3. builds (cached) and runs the cocotb testbench (:mod:`sim.runner`, :mod:`sim.tb_pe`), up to ``jobs``
+   simulations at once, and collects the reports: MACs verified, mismatches (layer, output channel,
+   position, expected, got), timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hw.config import PEConfig
+from hw.pe import ProcessingElement
+from sw.errors import YoloqError
+from sw.intref.contract import ContractFormat
+from sw.intref.stream import StreamFormat, StreamLayout, bits_for, mode_for
+
+from . import runner
+from .stimulus import (LayerCase, act_fields, bit_matrix, check_fits, hex_lines, param_fields, weight_fields)
+from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
+from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_verilog, wrapper_verilog
+
+DEFAULT_LANES = 16
+
+
+class CosimError(YoloqError):
+    """An invalid co-simulation request (unknown layer, bad --positions, lanes...)."""
+
+
+@dataclass(frozen=True)
+class Options:
+    sim: str = "icarus"
+    lanes: int = DEFAULT_LANES
+    exact: bool = False                # one exact-width PE per layer instead of superset PEs
+    seed: int = 1                      # the testbench's idle/stall generator
+    idle: int = 32                     # P(no beat offered in a cycle) = idle / 256
+    stall: int = 32                    # P(results.ready low in a cycle) = stall / 256
+    fault: str | None = None           # a deliberately wrong PE (ProcessingElement.FAULTS)
+    jobs: int = 2                      # simulations run at once
+    cache: Path | None = None          # build cache (default out/sim_build)
+    work: Path | None = None           # run folders are kept here (default: a temporary folder)
+    progress: bool = True
+
+    def validate(self) -> None:
+        runner.check_simulator(self.sim)
+        if not 1 <= self.lanes <= 256:
+            raise CosimError(f"lanes must be from 1 to 256, got {self.lanes}")
+        if not (0 <= self.idle <= 255 and 0 <= self.stall <= 255):
+            raise CosimError(f"idle and stall are rates out of 256, from 0 to 255; got {self.idle}, {self.stall}")
+        if self.fault is not None and self.fault not in ProcessingElement.FAULTS:
+            raise CosimError(f"unknown fault {self.fault!r}; choose one of {', '.join(ProcessingElement.FAULTS)}")
+        if self.jobs < 1:
+            raise CosimError(f"jobs must be at least 1, got {self.jobs}")
+
+
+@dataclass
+class Build:
+    """One PE configuration and the layers it runs."""
+
+    cfg: PEConfig
+    items: list[tuple[LayerCase, StreamLayout]]
+
+    @property
+    def label(self) -> str:
+        f = self.cfg.fmt
+        kind = f"{f.weight_bits}-bit {'PWLQ' if f.pwlq else 'uniform'}"
+        return f"{self.cfg.mode} mode, {kind}, {len(self.items)} layer{'s' * (len(self.items) != 1)}"
+
+
+@dataclass
+class CosimResult:
+    """``seconds`` is the wall time charged for the MACs: the co-simulation alone (plan, stimulus, builds,
+    simulation, comparison), or a caller's wider span (``yoloq hw cosim``: the whole command)."""
+
+    macs: int
+    mismatches: int
+    seconds: float
+    results: int
+    layers: list[dict]
+    listed: list[dict]
+    problems: list[str]
+    builds: list[dict]
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def macs_per_s(self) -> float:
+        return self.macs / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatches == 0 and not self.problems
+
+    def as_json(self) -> dict:
+        cosim = self.timing.get("cosim_wall", self.seconds)
+        return {"macs": self.macs, "mismatches": self.mismatches, "seconds": round(self.seconds, 3),
+                "macs_per_s": round(self.macs_per_s, 1), "results": self.results,
+                "cosim_seconds": round(cosim, 3), "cosim_macs_per_s": round(self.macs / cosim, 1) if cosim else 0.0,
+                "timing": self.timing,
+                "builds": self.builds, "layers": self.layers, "mismatch_examples": self.listed,
+                "problems": self.problems}
+
+
+# ---- planning -------------------------------------------------------------------------------------------------
+def superset_config(layouts: list[StreamLayout]) -> PEConfig:
+    """The PE whose every width bounds those of ``layouts`` (same mode, lanes, k, PWLQ, A, F)."""
+    f = layouts[0].contract.fmt
+    fmt = ContractFormat(f.weight_bits, f.pwlq, f.act_bits, f.scale_bits,
+                         max(lay.contract.fmt.zero_point_bits for lay in layouts),
+                         max(lay.contract.fmt.fan_in for lay in layouts))
+    words = max(lay.param_words for lay in layouts)
+    return PEConfig(StreamFormat(fmt, layouts[0].lanes, bits_for(words), layouts[0].mode), words)
+
+
+def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False) -> list[Build]:
+    """Exact: one PE per layer. Otherwise one superset PE per (mode, k, PWLQ, A, F), in first-seen order."""
+    builds: dict[tuple, list] = {}
+    for i, case in enumerate(cases):
+        layout = StreamLayout.build(case.contract, lanes, mode_for(case.contract.granularity))
+        f = case.contract.fmt
+        key = (i,) if exact else (layout.mode, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
+        builds.setdefault(key, []).append((case, layout))
+    plan = []
+    for items in builds.values():
+        layouts = [lay for _, lay in items]
+        cfg = PEConfig.for_layer(layouts[0]) if exact else superset_config(layouts)
+        for lay in layouts:
+            check_fits(lay, cfg)
+        plan.append(Build(cfg, items))
+    return plan
+
+
+# ---- run folder -----------------------------------------------------------------------------------------------
+def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
+    """The memories, program, expected values and manifest of one build, in ``run_dir``; memory depths and
+    the number of words in each file."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg, stream = build.cfg, build.cfg.stream
+    bases = {"weights": 0, "acts": 0, "params": 0}
+    program, expected, layers = [], [], []
+    offset = 0
+    with open(run_dir / "weights.hex", "wb") as wf, open(run_dir / "acts.hex", "wb") as af, \
+            open(run_dir / "params.hex", "wb") as pf:
+        for case, layout in build.items:
+            entry = {"param_base": bases["params"], "weight_base": bases["weights"], "act_base": bases["acts"],
+                     "beats": layout.beats, "outs": case.contract.shape[0], "positions": len(case.columns)}
+            for key, fh, (fields, rows) in (("weights", wf, weight_fields(layout, stream)),
+                                            ("acts", af, act_fields(layout, stream, case.columns)),
+                                            ("params", pf, param_fields(layout, cfg))):
+                _write_hex(fh, fields, rows)
+                bases[key] += rows
+            entry["param_count"] = layout.param_words
+            program.append([entry[name] for name in PROGRAM_FIELDS])
+            flat = np.asarray(case.expected, dtype=np.int64).reshape(-1)
+            expected.append(flat)
+            layers.append({"name": case.name, "outs": case.contract.shape[0], "fan_in": case.contract.fmt.fan_in,
+                           "positions": [_label(p) for p in case.positions], "offset": offset, "count": len(flat)})
+            offset += len(flat)
+    program.append([0] * len(PROGRAM_FIELDS))  # outs = 0: the end
+    prog = np.array(program, dtype=np.int64)
+    (run_dir / "program.hex").write_bytes(hex_lines(bit_matrix(
+        [(prog[:, i:i + 1], PROGRAM_FIELD_BITS) for i in range(len(PROGRAM_FIELDS))], len(prog))))
+    np.save(run_dir / EXPECTED, np.concatenate(expected) if expected else np.zeros(0, np.int64))
+    (run_dir / MANIFEST).write_text(json.dumps({"layers": layers}))
+    (run_dir / RESULTS).unlink(missing_ok=True)
+    (run_dir / REPORT).unlink(missing_ok=True)
+    words = {"weights_words": bases["weights"], "acts_words": bases["acts"], "params_words": bases["params"],
+             "program_words": len(program)}
+    return MemoryDepths.for_sizes(bases["weights"], bases["acts"], bases["params"], len(build.items)), words
+
+
+def _write_hex(fh, fields: list, rows: int, chunk: int = 1 << 16) -> None:
+    """``$readmemh`` lines of ``rows`` words, a chunk of rows at a time (a big layer's bit matrix is ~GB)."""
+    fields = [(np.asarray(v).reshape(rows, -1), bits) for v, bits in fields]
+    for start in range(0, rows, chunk):
+        part = [(v[start:start + chunk], bits) for v, bits in fields]
+        fh.write(hex_lines(bit_matrix(part, min(chunk, rows - start))))
+
+
+def _label(position):
+    if isinstance(position, (tuple, list)):
+        return [int(v) for v in position]
+    return int(position)
+
+
+# ---- running --------------------------------------------------------------------------------------------------
+class _LayerProgress:
+    """Advances a tqdm bar as the testbench finishes layers (it flushes results.txt after each)."""
+
+    def __init__(self, bar, path: Path, layers: int):
+        self.bar, self.path, self.layers, self.done = bar, path, layers, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self):
+        while not self._stop.wait(0.5):
+            self.update()
+
+    def update(self, finished: bool = False):
+        n = self.layers if finished else self._completed()
+        if n > self.done:
+            self.bar.update(n - self.done)
+            self.done = n
+
+    def _completed(self) -> int:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.path) - 256))
+                lines = f.read().split(b"\n")
+            return int(lines[-2].split()[0]) if len(lines) >= 2 and lines[-2] else 0
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.update(finished=exc[0] is None)
+
+
+def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing: dict, lock) -> dict:
+    run_dir = work / f"build{index}"
+    t0 = time.perf_counter()
+    depths, words = write_run(build, run_dir)
+    t1 = time.perf_counter()
+    pe_name, pe_src = pe_verilog(build.cfg, opts.fault, opts.cache or runner.cache_dir())
+    top = wrapper_verilog(build.cfg, pe_name, depths)
+    build_dir = runner.build(opts.sim, {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}, opts.cache)
+    t2 = time.perf_counter()
+    with _LayerProgress(bar, run_dir / RESULTS, len(build.items)):
+        outcome = runner.run(opts.sim, build_dir, run_dir, {"tb_seed": opts.seed, "idle": opts.idle,
+                                                             "stall": opts.stall, **words})
+    t3 = time.perf_counter()
+    report_path = run_dir / REPORT
+    # the testbench writes the report; if the simulation ended before it could, compare here
+    report = json.loads(report_path.read_text()) if report_path.exists() else compare(run_dir)
+    if not report_path.exists():
+        report["problems"].append(f"the testbench wrote no report; see {outcome.log}")
+    with lock:
+        for key, dt in (("stimulus", t1 - t0), ("build", t2 - t1), ("simulate", t3 - t2)):
+            timing[key] = timing.get(key, 0.0) + dt
+    return {"label": build.label, "pe": pe_name, "lanes": build.cfg.lanes, "mode": build.cfg.mode,
+            "acc_bits": build.cfg.acc_bits, "build_dir": str(build_dir), "run_dir": str(run_dir),
+            "passed": outcome.passed, "cycles": report.get("cycles"), "beats": report.get("beats"),
+            "sim_seconds": round(t3 - t2, 3), "report": report}
+
+
+def cosimulate(cases: list[LayerCase], opts: Options = Options()) -> CosimResult:
+    """Run ``cases`` through the RTL in ``opts.sim``; every accumulator compared with the expected one."""
+    opts.validate()
+    if not cases:
+        raise CosimError("no layers to co-simulate")
+    t0 = time.perf_counter()
+    plan = plan_builds(cases, opts.lanes, opts.exact)
+    timing: dict = {"plan": time.perf_counter() - t0}
+    lock = threading.Lock()
+    tmp = None
+    if opts.work is None:
+        tmp = tempfile.TemporaryDirectory(prefix="yoloq-cosim-")
+        work = Path(tmp.name)
+    else:
+        work = Path(opts.work)
+    try:
+        with tqdm(total=len(cases), desc=f"cosim {opts.sim}", unit="layer", disable=not opts.progress,
+                  leave=False) as bar, runner.simulator_environment(opts.sim), \
+                ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+            futures = [pool.submit(_run_build, i, b, opts, work, bar, timing, lock) for i, b in enumerate(plan)]
+            builds = [f.result() for f in futures]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    seconds = time.perf_counter() - t0
+    timing["cosim_wall"] = seconds
+    reports = [b.pop("report") for b in builds]
+    problems = [p for r in reports for p in r["problems"]]
+    for b, r in zip(builds, reports):
+        if not b["passed"] and not r["problems"] and not r["mismatches"]:
+            problems.append(f"{b['label']}: the testbench failed (watchdog or results left in flight); "
+                            f"see {b['run_dir']}/sim.log")
+    timing = {k: round(v, 3) for k, v in timing.items()}
+    return CosimResult(macs=sum(r["macs"] for r in reports), mismatches=sum(r["mismatches"] for r in reports),
+                       seconds=seconds, results=sum(r["results"] for r in reports),
+                       layers=[lay for r in reports for lay in r["layers"]],
+                       listed=[row for r in reports for row in r["listed"]], problems=problems,
+                       builds=builds, timing=timing)
+
+
+def summary(result: CosimResult, sim: str) -> str:
+    """The lines ``yoloq hw cosim`` prints."""
+    lines = [f"{sim}: {result.macs:,} MACs verified in {result.results:,} dot products, "
+             f"{result.mismatches} mismatches, {result.seconds:.1f} s, {result.macs_per_s:,.0f} MACs/s"]
+    t = result.timing
+    if "cosim_wall" in t:
+        parts = ", ".join(f"{k} {t[k]:.1f} s" for k in ("quantize", "capture") if t.get(k))
+        lines.append(f"  {parts + '; ' if parts else ''}co-simulation {t['cosim_wall']:.1f} s "
+                     f"({result.macs / max(t['cosim_wall'], 1e-9):,.0f} MACs/s; over {len(result.builds)} PE builds: "
+                     f"elaborate and compile {t.get('build', 0):.1f} s, simulate {t.get('simulate', 0):.1f} s)")
+    for b in result.builds:
+        lines.append(f"  {b['label']}: PE {b['lanes']} lanes, acc {b['acc_bits']} bits, {b['cycles']} cycles "
+                     f"in {b['sim_seconds']:.1f} s")
+    for row in result.listed[:20]:
+        lines.append(f"  mismatch: {format_mismatch(row)}")
+    for p in result.problems:
+        lines.append(f"  problem: {p}")
+    return "\n".join(lines)

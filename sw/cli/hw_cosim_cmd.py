@@ -1,0 +1,134 @@
+"""``yoloq hw cosim``: every weight of a model's layers through the RTL, compared bit for bit with ``sw``.
+
+The layers' activations come from real COCO images run through the hardware-exact network; the processing
+element is co-simulated with cocotb in Icarus or Verilator (see sim/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..atomic import write_json
+from ..errors import CheckpointError
+from ..paths import data_root
+from .common import add_data_arg, add_quant_args, coco_root, spec_from_args
+
+
+def add_parser(hw_subparsers) -> None:
+    from sim.cosim import DEFAULT_LANES
+    from sim.runner import SIMULATORS
+
+    p = hw_subparsers.add_parser(
+        "cosim", help="co-simulate the PE on a model's layers (cocotb; Icarus or Verilator), bit-exact vs sw",
+        description="Push every weight of the chosen layers through the generated processing element in RTL "
+                    "simulation: the full dot product of every output channel at N output positions per layer, "
+                    "with activations captured from real COCO images (hardware-exact network, activation "
+                    "scales calibrated on coco128) and random idle cycles and back-pressure. Every accumulator is "
+                    "compared with sw's integer reference. Without --quantized the weights are quantized first "
+                    "(the flags of `yoloq quantize`). Exit status 1 if any result differs.")
+    p.add_argument("--weights", help="checkpoint to quantize (official .pt or state_dict)")
+    p.add_argument("--quantized", help="quantized artifact from `yoloq quantize` (then nothing is re-quantized)")
+    p.add_argument("--layers", nargs="+", default=["all"], metavar="NAME",
+                   help="`all` (default) or layer names, e.g. model.2.cv1.conv")
+    p.add_argument("--positions", type=int, default=1, metavar="N",
+                   help="output positions per layer, each with every output channel's full dot product (default 1)")
+    p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default icarus)")
+    p.add_argument("--json", metavar="OUT", help="write macs, mismatches, seconds, macs_per_s and details")
+    g = p.add_argument_group("testbench")
+    g.add_argument("--lanes", type=int, default=DEFAULT_LANES,
+                   help=f"dot-product elements per cycle L (default {DEFAULT_LANES})")
+    g.add_argument("--exact", action="store_true",
+                   help="one exact-width PE per layer (as `yoloq hw build` makes) instead of one superset PE per "
+                        "layer kind; one simulator build per layer")
+    g.add_argument("--images", type=int, default=1, help="COCO images the positions are spread over (default 1)")
+    g.add_argument("--img", type=int, default=640, help="inference size, long side (default 640)")
+    g.add_argument("--seed", type=int, default=1, help="seed of the positions and of the idle/stall generator")
+    g.add_argument("--idle", type=int, default=32, help="idle cycles on elements.valid, per 256 (default 32)")
+    g.add_argument("--stall", type=int, default=32, help="results.ready low, per 256 cycles (default 32)")
+    g.add_argument("--fault", choices=_faults(),
+                   help="build a deliberately wrong PE (mutation check): the run must report mismatches")
+    g.add_argument("--jobs", type=int, default=2, help="simulations run at once (default 2)")
+    g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    h = p.add_argument_group("hardware format (integer contract)")
+    h.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    h.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
+    h.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
+    p.add_argument("--coco", metavar="DIR", help="COCO root with images/val2017/ (default: <data>/coco)")
+    add_quant_args(p)
+    add_data_arg(p)
+    p.set_defaults(run=run)
+
+
+def _faults():
+    from hw.pe import ProcessingElement
+
+    return ProcessingElement.FAULTS
+
+
+def _model(args):
+    """(QuantizedModel, seconds spent quantizing)."""
+    from ..checkpoint import load_model
+    from ..quant.model import quantize_model
+
+    if args.quantized:
+        loaded = load_model(args.quantized)
+        if loaded.kind != "quantized":
+            raise CheckpointError(f"{args.quantized}: not a quantized artifact (make one with `yoloq quantize`)")
+        return loaded.extras["quantized"], 0.0
+    t0 = time.perf_counter()
+    qm = quantize_model(load_model(args.weights).model, spec_from_args(args), progress=not args.quiet)
+    return qm, time.perf_counter() - t0
+
+
+def _layer_names(qm, requested: list[str]) -> list[str]:
+    from sim.cosim import CosimError
+
+    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
+    if requested == ["all"]:
+        return quantized
+    for name in requested:
+        if name not in qm.layers:
+            raise CosimError(f"no layer {name!r}; layers are {', '.join(quantized[:4])}, ... "
+                             f"({len(quantized)} quantized)")
+        if qm.layers[name].qt is None:
+            raise CosimError(f"{name} was left in FP16 ({qm.layers[name].note}); it has no PE")
+    return list(dict.fromkeys(requested))
+
+
+def run(args) -> int:
+    from sim.capture import image_paths, network_cases
+    from sim.cosim import CosimError, Options, cosimulate, summary
+    from sw.intref.validate import HardwareFormat
+
+    t0 = time.perf_counter()
+    if not args.weights and not args.quantized:
+        raise CosimError("give --weights (quantized first) or --quantized")
+    if args.positions < 1:
+        raise CosimError(f"--positions must be at least 1, got {args.positions}")
+    if args.images < 1:
+        raise CosimError(f"--images must be at least 1, got {args.images}")
+    opts = Options(sim=args.sim, lanes=args.lanes, exact=args.exact, seed=args.seed, idle=args.idle,
+                   stall=args.stall, fault=args.fault, jobs=args.jobs, work=Path(args.keep) if args.keep else None,
+                   progress=not args.quiet)
+    opts.validate()  # a missing simulator fails here, before minutes of quantizing
+    spec_from_args(args)  # and so do bad quantization flags
+    qm, quantize_s = _model(args)
+    names = _layer_names(qm, args.layers)
+    calib = Path(args.calib) if args.calib else data_root(args.data) / "coco128" / "images" / "train2017"
+    t1 = time.perf_counter()
+    cases = network_cases(qm, names, args.positions, image_paths(coco_root(args), args.images), calib,
+                          HardwareFormat(args.act_bits, qm.spec.scale_bits, args.calib_images), args.img,
+                          args.seed, progress=not args.quiet)
+    capture_s = time.perf_counter() - t1
+    result = cosimulate(cases, opts)
+    result.seconds = time.perf_counter() - t0  # the whole command: what "every weight through the RTL" costs
+    result.timing = {"quantize": round(quantize_s, 3), "capture": round(capture_s, 3), **result.timing}
+    print(summary(result, args.sim))
+    if args.json:
+        write_json(args.json, {**result.as_json(), "sim": args.sim, "lanes": args.lanes, "exact": args.exact,
+                               "positions": args.positions, "images": args.images, "layers_run": len(cases),
+                               "weights": sum(c.contract.codes.numel() for c in cases),
+                               "spec": qm.spec.as_dict(), "fault": args.fault})
+    return 0 if result.ok else 1
