@@ -15,7 +15,10 @@ For a layer, :func:`build_layer` writes into a folder:
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from amaranth.back import verilog
@@ -104,6 +107,44 @@ def build_layer(contract: LayerContract, qt, lanes: int, out: Path) -> dict:
         "ports": verilog_ports(source, name), "storage": storage,
     }
     write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _build_one(contract: LayerContract, qt, lanes: int, out: Path, lint_it: bool) -> dict:
+    manifest = build_layer(contract, qt, lanes, out)
+    if lint_it:
+        from .lint import lint
+
+        rc, messages = lint(Path(out) / manifest["verilog"])
+        manifest["lint"] = {"exit_code": rc, "messages": messages}
+    return manifest
+
+
+def build_layers(layers: list[tuple[LayerContract, object, Path]], lanes: int, *, lint: bool = False,
+                 jobs: int | None = None, progress: bool = True) -> list[dict]:
+    """:func:`build_layer` for every (contract, record, folder), ``jobs`` processes at once (default: the CPUs);
+    manifests in input order. With ``lint``, each manifest also holds Verilator's verdict on its Verilog.
+
+    Elaborating a PE is pure Python (seconds per layer), so a model's layers are built in parallel, in
+    spawned workers: forking after torch has started its thread pool can hang the child.
+    """
+    from tqdm import tqdm
+
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(layers)))
+    tasks = [(c, qt, lanes, Path(folder), lint) for c, qt, folder in layers]
+    bar = tqdm(total=len(tasks), desc="verilog", unit="layer", disable=not progress, leave=False)
+    try:
+        if jobs == 1:
+            return [_step(bar, _build_one(*t)) for t in tasks]
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_build_one, *t) for t in tasks]
+            return [_step(bar, f.result()) for f in futures]
+    finally:
+        bar.close()
+
+
+def _step(bar, manifest: dict) -> dict:
+    bar.update()
     return manifest
 
 

@@ -39,8 +39,7 @@ def _step(summary: list, name: str, t0: float, outcome: str) -> None:
 
 
 def run(args) -> int:
-    from hw.build import build_layer
-    from hw.lint import lint
+    from hw.build import build_layers
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,12 +60,10 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     names = [n for n, r in qm.layers.items() if r.qt is not None]
-    lint_failures = 0
-    for name in names:
-        contract = LayerContract.from_record(name, qm.layers[name].qt, 8, spec.scale_bits)
-        manifest = build_layer(contract, qm.layers[name].qt, args.lanes, out / "verilog" / name)
-        rc, _ = lint(out / "verilog" / name / manifest["verilog"])
-        lint_failures += rc != 0
+    layers = [(LayerContract.from_record(name, qm.layers[name].qt, 8, spec.scale_bits), qm.layers[name].qt,
+               out / "verilog" / name) for name in names]
+    manifests = build_layers(layers, args.lanes, lint=True)
+    lint_failures = sum(m["lint"]["exit_code"] != 0 for m in manifests)
     _step(summary, "verilog", t0, f"{len(names)} PEs ({args.lanes} lanes) in {out / 'verilog'}, "
                                   f"verilator lint failures: {lint_failures}")
 

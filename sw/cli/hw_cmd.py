@@ -94,7 +94,7 @@ def quantized_layers(path: str):
 
 
 def run_build(args) -> int:
-    from hw.build import build_layer, module_name
+    from hw.build import build_layers
 
     if not 1 <= args.lanes <= 256:
         raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
@@ -107,10 +107,9 @@ def run_build(args) -> int:
         raise QuantizationError(f"{args.layer} was left in FP16 ({qm.layers[args.layer].note}); it has no PE")
     names = quantized if args.all_layers else [args.layer]
     out = Path(args.output)
-    for name in names:
-        contract = LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits)
-        folder = out / name if args.all_layers else out
-        m = build_layer(contract, qm.layers[name].qt, args.lanes, folder)
+    layers = [(LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits),
+               qm.layers[name].qt, out / name if args.all_layers else out) for name in names]
+    for (_, _, folder), name, m in zip(layers, names, build_layers(layers, args.lanes)):
         print(f"{name}: {folder / m['verilog']} ({m['pe']['mode']} mode, {m['pe']['lanes']} lanes, "
               f"acc {m['pe']['acc_bits']} bits, latency {m['pe']['latency_cycles']}, "
               f"lane use {m['stream']['lane_utilisation']:.0%}, {m['storage']['total_bits']:,} storage bits)")
