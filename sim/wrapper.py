@@ -30,6 +30,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from hw.build import generator_digest
 from hw.config import PEConfig
 from hw.pe import ProcessingElement
 
@@ -64,29 +65,16 @@ def pe_module_name(cfg: PEConfig, fault: str | None) -> str:
     return name + (f"_{fault}" if fault else "")
 
 
-def _generator_digest() -> str:
-    """A digest of everything the PE's Verilog depends on besides its config: the generator's sources
-    (``hw/``, and ``sw/intref/`` whose formats size it) and Amaranth's version."""
-    import amaranth
-
-    h = hashlib.sha256(amaranth.__version__.encode())
-    root = Path(__file__).resolve().parent.parent
-    for folder in ("hw", "sw/intref"):
-        for path in sorted((root / folder).glob("*.py")):
-            h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()
-
-
 def pe_verilog(cfg: PEConfig, fault: str | None = None, cache: Path | None = None) -> tuple[str, str]:
     """(module name, Verilog) of the PE with an empty parameter memory (the testbench loads it).
 
     Elaborating a wide PE takes Amaranth 10-60 s, so with ``cache`` the Verilog is kept, keyed by the
-    config, the fault and :func:`_generator_digest` (any change to the generator makes a new entry).
+    config, the fault and :func:`hw.build.generator_digest` (any change to the generator makes a new entry).
     """
     name = pe_module_name(cfg, fault)
     path = None
     if cache is not None:
-        key = hashlib.sha256(repr((cfg, fault, _generator_digest())).encode()).hexdigest()[:20]
+        key = hashlib.sha256(repr((cfg, fault, generator_digest())).encode()).hexdigest()[:20]
         path = Path(cache) / "pe-verilog" / f"{name}-{key}.v"
         if path.exists():
             return name, path.read_text()
