@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from ..atomic import write_json
-from ..errors import CheckpointError
 from ..paths import data_root
 from .common import add_data_arg, add_quant_args, coco_root, spec_from_args
 
@@ -71,12 +70,10 @@ def _model(args):
     """(QuantizedModel, seconds spent quantizing)."""
     from ..checkpoint import load_model
     from ..quant.model import quantize_model
+    from .hw_cmd import quantized_layers  # (imported here: hw_cmd registers this module)
 
     if args.quantized:
-        loaded = load_model(args.quantized)
-        if loaded.kind != "quantized":
-            raise CheckpointError(f"{args.quantized}: not a quantized artifact (make one with `yoloq quantize`)")
-        return loaded.extras["quantized"], 0.0
+        return quantized_layers(args.quantized), 0.0
     t0 = time.perf_counter()
     qm = quantize_model(load_model(args.weights).model, spec_from_args(args), progress=not args.quiet)
     return qm, time.perf_counter() - t0
