@@ -146,7 +146,11 @@ def test_artifact_rejects_tampering(pwlq_mix3, tmp_path):
         "expected float64": (f"quant/{name}/scale.npy", _npy(np.ones((1, 2), np.float32))),
         "not a plain numeric array": (f"quant/{name}/zero_point.npy", _npy(np.array([object()], dtype=object))),
         "version 99": ("yoloq.json", json.dumps({**json.loads(zipfile.ZipFile(good).read("yoloq.json")), "version": 99})),
+        "not a yoloq quantized artifact": ("yoloq.json", json.dumps([1, 2])),
     }
+    floats = sorted(n for n in zipfile.ZipFile(good).namelist() if n.startswith("float/"))
+    if floats:
+        cases["is not a plain numeric array"] = (floats[0], _npy(np.array([object()], dtype=object)))
     for message, (entry, data) in cases.items():
         bad = tmp_path / "bad.yqa"
         _rewrite(good, bad, entry, data)
@@ -166,6 +170,24 @@ def test_cli_quantize_report_and_eval(yolov5n_path, coco_root, tmp_path, capsys)
     assert main(["eval", "--weights", str(out), "--coco", str(coco_root), "--limit", "4", "--quiet"]) == 0
     assert main(["quantize", "--weights", str(yolov5n_path), "--bits", "9", "-o", str(out)]) == 2
     assert "bit width must be an integer from 2 to 8, got 9" in capsys.readouterr().err
+
+
+def test_cli_refuses_unwritable_outputs_before_any_work(yolov5n_path, tmp_path, capsys):
+    folder, regular = tmp_path / "adir", tmp_path / "regular.txt"
+    folder.mkdir()
+    regular.write_text("keep me")
+    out = tmp_path / "q.yqa"
+    assert main(["quantize", "--weights", str(yolov5n_path), "-o", str(out), "--json", str(folder)]) == 2
+    assert f"--json {folder}: is a folder" in capsys.readouterr().err
+    assert not out.exists()  # refused before quantizing: nothing half done
+    assert main(["quantize", "--weights", str(yolov5n_path), "-o", str(folder)]) == 2
+    assert "is a folder, expected a file name" in capsys.readouterr().err
+    assert main(["hw", "build", "--quantized", str(out), "--layer", "model.0.conv", "-o", str(regular)]) == 2
+    assert f"yoloq hw build: error: -o {regular}: is a file" in capsys.readouterr().err
+    assert regular.read_text() == "keep me"
+    with pytest.raises(SystemExit) as e:  # flag ranges are usage errors, named, before anything runs
+        main(["hw", "validate", "--weights", str(yolov5n_path), "--act-bits", "0"])
+    assert e.value.code == 2 and "argument --act-bits: must be from 2 to 16, got 0" in capsys.readouterr().err
 
 
 PAPER_TABLE1_SAVING = {"filter": 3.97, "fshape": 3.93, "cshape": 3.93, "channel": 1.68}

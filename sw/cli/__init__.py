@@ -26,13 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "hw_command", None))))
     try:
         return args.run(args) or 0
     except YoloqError as e:
-        print(f"yoloq {args.command}: error: {e}", file=sys.stderr)
+        print(f"yoloq {command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a disk filling up or a file vanishing mid-run: the message names the path
+        print(f"yoloq {command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"yoloq {args.command}: interrupted", file=sys.stderr)
+        print(f"yoloq {command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -3,9 +3,71 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
+from ..errors import YoloqError
 from ..paths import data_root
+
+
+def int_in(lo: int, hi: int | None = None):
+    """An argparse type: an integer from ``lo`` to ``hi`` (no upper bound if None). Out of range is a usage
+    error that names the flag, before any work starts."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}" if hi is not None
+                                             else f"must be at least {lo}, got {value}")
+        return value
+    return parse
+
+
+def float_in(lo: float, hi: float):
+    """An argparse type: a number from ``lo`` to ``hi``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {text}")
+        return value
+    return parse
+
+
+ACT_BITS = int_in(2, 16)     # the integer contract's activation widths (sw.intref.contract)
+
+
+def _writable_parent(path: Path, flag: str) -> None:
+    parent = path.parent
+    while not parent.exists():  # folders that do not exist yet are made; the first existing one must be writable
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise YoloqError(f"{flag} {path}: cannot write there ({parent} is not a writable folder)")
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """Refuse an output file that cannot be written, before any work (so nothing is left half done)."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise YoloqError(f"{flag} {path}: is a folder, expected a file name")
+    _writable_parent(path, flag)
+
+
+def check_output_dir(path: str | None, flag: str) -> None:
+    """Refuse an output folder that is a file or cannot be made, before any work."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise YoloqError(f"{flag} {path}: is a file, expected a folder")
+    if not path.exists():
+        _writable_parent(path, flag)
 
 
 def add_data_arg(p: argparse.ArgumentParser) -> None:
@@ -17,12 +79,12 @@ def add_eval_args(p: argparse.ArgumentParser, coco_required: bool = False) -> No
     g.add_argument("--coco", metavar="DIR", required=coco_required,
                    help="COCO root with annotations/instances_val2017.json and images/val2017/"
                         + ("" if coco_required else " (default: <data>/coco)"))
-    g.add_argument("--img", type=int, default=640, help="inference size, long side in pixels (default 640)")
-    g.add_argument("--conf", type=float, default=0.001, help="score threshold (default 0.001)")
-    g.add_argument("--iou", type=float, default=0.65, help="NMS IoU threshold (default 0.65)")
-    g.add_argument("--max-det", type=int, default=300, help="detections kept per image (default 300)")
-    g.add_argument("--limit", type=int, metavar="N", help="evaluate only the first N images")
-    g.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    g.add_argument("--img", type=int_in(32, 8192), default=640, help="inference size, long side in pixels (default 640)")
+    g.add_argument("--conf", type=float_in(0.0, 1.0), default=0.001, help="score threshold (default 0.001)")
+    g.add_argument("--iou", type=float_in(0.0, 1.0), default=0.65, help="NMS IoU threshold (default 0.65)")
+    g.add_argument("--max-det", type=int_in(1), default=300, help="detections kept per image (default 300)")
+    g.add_argument("--limit", type=int_in(1), metavar="N", help="evaluate only the first N images")
+    g.add_argument("--batch", type=int_in(1), default=8, help="images per forward pass (default 8)")
 
 
 def coco_root(args) -> Path:
@@ -54,7 +116,7 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--first-last-8bit", action="store_true", help="keep the first conv and the Detect convs at 8 bits")
     g.add_argument("--channel-1x1", choices=CHANNEL_1X1, default="fp16",
                    help="channel-wise on 1x1 convs: leave in FP16 as the paper (default) or quantize anyway")
-    g.add_argument("--scale-bits", type=int, default=16, help="stored width of each group scale, F (default 16)")
+    g.add_argument("--scale-bits", type=int_in(2, 24), default=16, help="stored width of each group scale, F (default 16)")
 
 
 def spec_from_args(args):

@@ -16,7 +16,8 @@ from ..paths import data_root
 from ..quant.model import quantize_model
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
-from .common import add_data_arg, add_eval_args, add_quant_args, coco_root, eval_kwargs, spec_from_args
+from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
+                     coco_root, eval_kwargs, int_in, spec_from_args)
 
 
 # Modules adding ``yoloq hw`` subcommands of their own (``add_parser(hw_subparsers)``), one per line.
@@ -28,9 +29,9 @@ HW_SUBCOMMANDS = [
 
 def _add_hw_format_args(p) -> None:
     g = p.add_argument_group("hardware format (integer contract)")
-    g.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    g.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     g.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
-    g.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
+    g.add_argument("--calib-images", type=int_in(1), default=32, help="calibration images used (default 32)")
 
 
 def add_parser(sub) -> None:
@@ -61,7 +62,7 @@ def add_parser(sub) -> None:
     which.add_argument("--layer", help="layer name, e.g. model.2.cv1.conv")
     which.add_argument("--all-layers", action="store_true", help="every quantized layer of the model")
     b.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle L (default 16)")
-    b.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    b.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     b.add_argument("-o", "--output", required=True, help="output folder")
     b.set_defaults(run=run_build)
 
@@ -74,7 +75,7 @@ def add_parser(sub) -> None:
     f.add_argument("--scale-bits-list", default="8,12,16", help="comma-separated F values (default 8,12,16)")
     f.add_argument("-o", "--output", required=True, help="output folder")
     f.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
-    f.add_argument("--calib-images", type=int, default=32)
+    f.add_argument("--calib-images", type=int_in(1), default=32)
     f.add_argument("--quiet", action="store_true")
     add_quant_args(f)
     add_eval_args(f)
@@ -98,6 +99,7 @@ def run_build(args) -> int:
 
     if not 1 <= args.lanes <= 256:
         raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
+    check_output_dir(args.output, "-o")
     qm = quantized_layers(args.quantized)
     quantized = [n for n, r in qm.layers.items() if r.qt is not None]
     if args.layer and args.layer not in qm.layers:
@@ -116,19 +118,20 @@ def run_build(args) -> int:
     return 0
 
 
-def _int_list(text: str, flag: str) -> list[int]:
+def _int_list(text: str, flag: str, hi: int) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or not all(2 <= v <= 24 for v in values):
-        raise QuantizationError(f"{flag}: expected comma-separated integers from 2 to 24, got {text!r}")
+    if not values or not all(2 <= v <= hi for v in values):
+        raise QuantizationError(f"{flag}: expected comma-separated integers from 2 to {hi}, got {text!r}")
     return values
 
 
 def run_formats_cmd(args) -> int:
-    acts = _int_list(args.act_bits_list, "--act-bits-list")
-    scales = _int_list(args.scale_bits_list, "--scale-bits-list")
+    acts = _int_list(args.act_bits_list, "--act-bits-list", 16)
+    scales = _int_list(args.scale_bits_list, "--scale-bits-list", 24)
+    check_output_dir(args.output, "-o")
     spec = spec_from_args(args)
     qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet)
     coco = load_coco(coco_root(args), limit=args.limit)
@@ -149,6 +152,7 @@ def _format_row(label: str, r: dict) -> str:
 
 def run_validate(args) -> int:
     spec = spec_from_args(args)
+    check_output_file(args.json, "--json")
     loaded = load_model(args.weights)
     coco = load_coco(coco_root(args), limit=args.limit)
     qm = quantize_model(loaded.model, spec, progress=not args.quiet)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..paths import data_root
-from .common import add_data_arg, add_quant_args, coco_root, spec_from_args
+from .common import (ACT_BITS, add_data_arg, add_quant_args, check_output_dir, check_output_file, coco_root,
+                     int_in, spec_from_args)
 
 
 def add_parser(hw_subparsers) -> None:
@@ -41,8 +42,8 @@ def add_parser(hw_subparsers) -> None:
                    help="one exact-width PE per layer (as `yoloq hw build` makes) instead of one superset PE per "
                         "layer kind; one simulator build per layer")
     g.add_argument("--images", type=int, default=1, help="COCO images the positions are spread over (default 1)")
-    g.add_argument("--img", type=int, default=640, help="inference size, long side (default 640)")
-    g.add_argument("--seed", type=int, default=1, help="seed of the positions and of the idle/stall generator")
+    g.add_argument("--img", type=int_in(32, 8192), default=640, help="inference size, long side (default 640)")
+    g.add_argument("--seed", type=int_in(0), default=1, help="seed of the positions and of the idle/stall generator")
     g.add_argument("--idle", type=int, default=32, help="idle cycles on elements.valid, per 256 (default 32)")
     g.add_argument("--stall", type=int, default=32, help="results.ready low, per 256 cycles (default 32)")
     g.add_argument("--fault", choices=_faults(),
@@ -51,9 +52,9 @@ def add_parser(hw_subparsers) -> None:
     g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     h = p.add_argument_group("hardware format (integer contract)")
-    h.add_argument("--act-bits", type=int, default=8, help="signed activation bits A (default 8)")
+    h.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     h.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
-    h.add_argument("--calib-images", type=int, default=32, help="calibration images used (default 32)")
+    h.add_argument("--calib-images", type=int_in(1), default=32, help="calibration images used (default 32)")
     p.add_argument("--coco", metavar="DIR", help="COCO root with images/val2017/ (default: <data>/coco)")
     add_quant_args(p)
     add_data_arg(p)
@@ -110,6 +111,8 @@ def run(args) -> int:
                    stall=args.stall, fault=args.fault, jobs=args.jobs, work=Path(args.keep) if args.keep else None,
                    progress=not args.quiet)
     opts.validate()  # a missing simulator fails here, before minutes of quantizing
+    check_output_file(args.json, "--json")
+    check_output_dir(args.keep, "--keep")
     spec_from_args(args)  # and so do bad quantization flags
     qm, quantize_s = _model(args)
     names = _layer_names(qm, args.layers)

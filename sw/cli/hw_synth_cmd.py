@@ -8,6 +8,7 @@ from pathlib import Path
 from ..atomic import write_json
 from ..errors import QuantizationError
 from ..intref.contract import LayerContract
+from .common import ACT_BITS, check_output_dir, check_output_file, float_in, int_in
 
 
 def _ints(text: str, flag: str, lo: int, hi: int) -> list[int]:
@@ -34,9 +35,9 @@ def add_parser(hw) -> None:
     s.add_argument("--pwlq", action="store_true", help="PWLQ (region bit, two parameter sets per group)")
     s.add_argument("--quantized", help="a quantized artifact, with --layer: synthesise that layer's PE")
     s.add_argument("--layer", help="layer name within --quantized")
-    s.add_argument("--act-bits", type=int, default=8)
-    s.add_argument("--seed", type=int, default=1, help="place-and-route seed (default 1)")
-    s.add_argument("--freq", type=float, default=200.0, help="clock constraint in MHz (default 200)")
+    s.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
+    s.add_argument("--seed", type=int_in(0), default=1, help="place-and-route seed (default 1)")
+    s.add_argument("--freq", type=float_in(1.0, 2000.0), default=200.0, help="clock constraint in MHz (default 200)")
     s.add_argument("--keep", metavar="DIR", help="keep the Verilog, netlists and tool logs in DIR")
     s.add_argument("--json", metavar="OUT", help="write lut4, ff, dsp, bram, fmax_mhz and details as JSON")
     s.set_defaults(run=run_synth)
@@ -57,6 +58,8 @@ def _config(args):
     from hw.synth_configs import layer_pe, model_pe_config
     from hw.synth_table import yolov7_quantized
 
+    if not 2 <= args.bits <= 8:
+        raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
     if args.quantized or args.layer:
         from .hw_cmd import quantized_layers
 
@@ -67,8 +70,6 @@ def _config(args):
             raise QuantizationError(f"{args.quantized}: no quantized layer {args.layer!r}")
         contract = LayerContract.from_record(args.layer, qm.layers[args.layer].qt, args.act_bits, qm.spec.scale_bits)
         return layer_pe(contract, args.lanes)
-    if not 2 <= args.bits <= 8:
-        raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
     qm = yolov7_quantized("pwlq" if args.pwlq else "affine", args.bits)
     method = "pwlq" if args.pwlq else "affine"
     return model_pe_config(qm, args.lanes, args.act_bits), None, f"pe_yolov7_{method}{args.bits}_l{args.lanes}"
@@ -80,6 +81,8 @@ def run_synth(args) -> int:
 
     if not 1 <= args.lanes <= 256:
         raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
+    check_output_dir(args.keep, "--keep")
+    check_output_file(args.json, "--json")
     cfg, init, name = _config(args)
     memory = "ecp5" if args.target == "ecp5" and init is None else "generic"
     with tempfile.TemporaryDirectory() as tmp:

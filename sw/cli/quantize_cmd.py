@@ -9,7 +9,7 @@ from ..checkpoint import load_model
 from ..quant.artifact import save_quantized
 from ..quant.model import quantize_model
 from ..quant.report import summary_table
-from .common import add_quant_args, spec_from_args
+from .common import add_quant_args, check_output_file, spec_from_args
 
 
 def add_parser(sub) -> None:
@@ -28,6 +28,8 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     spec = spec_from_args(args)
+    check_output_file(args.output, "-o")
+    check_output_file(args.json, "--json")
     loaded = load_model(args.weights, cfg=args.cfg)
     t0 = time.perf_counter()
     qm = quantize_model(loaded.model, spec, progress=not args.quiet)

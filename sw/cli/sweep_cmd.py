@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_arg, add_eval_args, coco_root, eval_kwargs
+from .common import add_data_arg, add_eval_args, check_output_dir, coco_root, eval_kwargs
 
 
 def add_parser(sub) -> None:
@@ -59,6 +59,7 @@ def run(args) -> int:
     from ..sweep.study import default_workers
 
     configs = plan(args.preset, args.bits)
+    check_output_dir(args.output, "-o")
     workers = args.workers if args.workers is not None else default_workers()
     result = run_study(configs, args.weights, coco_root(args), args.output, eval_kwargs=eval_kwargs(args),
                        limit=args.limit, cfg=args.cfg, executor=args.executor, workers=workers,

@@ -125,7 +125,7 @@ def load_quantized(path: str | os.PathLike):
                 manifest = json.loads(zf.read(MANIFEST))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise CheckpointError(f"{source}: {MANIFEST} is not valid JSON ({e})") from e
-            if manifest.get("format") != FORMAT:
+            if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise CheckpointError(f"{source}: not a yoloq quantized artifact")
             if manifest.get("version") != VERSION:
                 raise CheckpointError(f"{source}: artifact version {manifest.get('version')} is not supported "
@@ -137,7 +137,10 @@ def load_quantized(path: str | os.PathLike):
             tensors = {}
             for entry in sorted(n for n in r.names if n.startswith("float/") and n.endswith(".npy")):
                 key = entry[len("float/"):-len(".npy")]
-                a = np.load(io.BytesIO(zf.read(entry)), allow_pickle=False)
+                try:
+                    a = np.load(io.BytesIO(zf.read(entry)), allow_pickle=False)
+                except ValueError as e:
+                    raise CheckpointError(f"{source}: {entry} is not a plain numeric array ({e})") from e
                 if a.dtype.kind not in "fiu":
                     raise CheckpointError(f"{source}: {entry} is {a.dtype}, expected a numeric array")
                 tensors[key] = torch.from_numpy(a.astype(np.float32) if a.dtype.kind == "f" else a.copy())
@@ -154,7 +157,7 @@ def load_quantized(path: str | os.PathLike):
                 layers[e["name"]] = LayerResult(e["name"], tuple(e["shape"]), qt, e["granularity"], e["bits"],
                                                 e["mse"], e["sqnr_db"], storage, e.get("note", ""),
                                                 e.get("candidates", {}))
-    except (zipfile.BadZipFile, OSError, KeyError, TypeError) as e:
+    except (zipfile.BadZipFile, OSError, KeyError, TypeError, AttributeError) as e:
         if isinstance(e, YoloqError):
             raise
         raise CheckpointError(f"{source}: corrupt quantized artifact ({type(e).__name__}: {e})") from e
