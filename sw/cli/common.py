@@ -91,6 +91,11 @@ def coco_root(args) -> Path:
     return Path(args.coco) if args.coco else data_root(getattr(args, "data", None)) / "coco"
 
 
+def calib_dir(args) -> Path:
+    """Activation calibration images: ``--calib``, else coco128's train images in the data folder."""
+    return Path(args.calib) if args.calib else data_root(getattr(args, "data", None)) / "coco128" / "images" / "train2017"
+
+
 def eval_kwargs(args) -> dict:
     return dict(img_size=args.img, conf_thres=args.conf, iou_thres=args.iou, max_det=args.max_det,
                 batch_size=args.batch)

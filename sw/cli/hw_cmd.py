@@ -12,12 +12,11 @@ from ..errors import CheckpointError, QuantizationError
 from ..intref.contract import LayerContract
 from ..intref.formats import formats_table, run_formats, write_report
 from ..intref.validate import HardwareFormat, validate
-from ..paths import data_root
 from ..quant.model import quantize_model
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
 from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
-                     coco_root, eval_kwargs, int_in, spec_from_args)
+                     calib_dir, coco_root, eval_kwargs, int_in, spec_from_args)
 
 
 # Modules adding ``yoloq hw`` subcommands of their own (``add_parser(hw_subparsers)``), one per line.
@@ -94,6 +93,20 @@ def quantized_layers(path: str):
     return loaded.extras["quantized"]
 
 
+def pe_layer_names(qm, requested: list[str] | None, source: str) -> list[str]:
+    """The quantized layers named in ``requested`` (None: every quantized layer), each checked to have a PE."""
+    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
+    if requested is None:
+        return quantized
+    for name in requested:
+        if name not in qm.layers:
+            raise QuantizationError(f"{source}: no layer {name!r}; layers are {', '.join(quantized[:4])}, ... "
+                                    f"({len(quantized)} quantized)")
+        if qm.layers[name].qt is None:
+            raise QuantizationError(f"{name} was left in FP16 ({qm.layers[name].note}); it has no PE")
+    return list(dict.fromkeys(requested))
+
+
 def run_build(args) -> int:
     from hw.build import build_layers
 
@@ -101,13 +114,7 @@ def run_build(args) -> int:
         raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
     check_output_dir(args.output, "-o")
     qm = quantized_layers(args.quantized)
-    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
-    if args.layer and args.layer not in qm.layers:
-        raise QuantizationError(f"{args.quantized}: no layer {args.layer!r}; layers are "
-                                f"{', '.join(quantized[:4])}, ... ({len(quantized)} quantized)")
-    if args.layer and qm.layers[args.layer].qt is None:
-        raise QuantizationError(f"{args.layer} was left in FP16 ({qm.layers[args.layer].note}); it has no PE")
-    names = quantized if args.all_layers else [args.layer]
+    names = pe_layer_names(qm, None if args.all_layers else [args.layer], args.quantized)
     out = Path(args.output)
     layers = [(LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits),
                qm.layers[name].qt, out / name if args.all_layers else out) for name in names]
@@ -135,15 +142,11 @@ def run_formats_cmd(args) -> int:
     spec = spec_from_args(args)
     qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet)
     coco = load_coco(coco_root(args), limit=args.limit)
-    result = run_formats(qm, coco, acts, scales, _calib_dir(args), args.calib_images, Path(args.output),
+    result = run_formats(qm, coco, acts, scales, calib_dir(args), args.calib_images, Path(args.output),
                          eval_kwargs(args), progress=not args.quiet)
     write_report(result, Path(args.output))
     print(formats_table(result), end="")
     return 0
-
-
-def _calib_dir(args) -> Path:
-    return Path(args.calib) if args.calib else data_root(args.data) / "coco128" / "images" / "train2017"
 
 
 def _format_row(label: str, r: dict) -> str:
@@ -157,7 +160,7 @@ def run_validate(args) -> int:
     coco = load_coco(coco_root(args), limit=args.limit)
     qm = quantize_model(loaded.model, spec, progress=not args.quiet)
     fmt = HardwareFormat(args.act_bits, args.scale_bits, args.calib_images)
-    result = validate(loaded.model, qm, coco, fmt, _calib_dir(args), eval_kwargs(args), progress=not args.quiet)
+    result = validate(loaded.model, qm, coco, fmt, calib_dir(args), eval_kwargs(args), progress=not args.quiet)
     ev = result["evaluations"]
     print(f"{spec.method} {spec.bits}-bit {spec.granularity}; A={fmt.act_bits}, F={fmt.scale_bits}; "
           f"{result['images']} images\n")

@@ -10,9 +10,8 @@ import time
 from pathlib import Path
 
 from ..atomic import write_json
-from ..paths import data_root
-from .common import (ACT_BITS, add_data_arg, add_quant_args, check_output_dir, check_output_file, coco_root,
-                     int_in, spec_from_args)
+from .common import (ACT_BITS, add_data_arg, add_quant_args, calib_dir, check_output_dir, check_output_file,
+                     coco_root, int_in, spec_from_args)
 
 
 def add_parser(hw_subparsers) -> None:
@@ -80,24 +79,10 @@ def _model(args):
     return qm, time.perf_counter() - t0
 
 
-def _layer_names(qm, requested: list[str]) -> list[str]:
-    from sim.cosim import CosimError
-
-    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
-    if requested == ["all"]:
-        return quantized
-    for name in requested:
-        if name not in qm.layers:
-            raise CosimError(f"no layer {name!r}; layers are {', '.join(quantized[:4])}, ... "
-                             f"({len(quantized)} quantized)")
-        if qm.layers[name].qt is None:
-            raise CosimError(f"{name} was left in FP16 ({qm.layers[name].note}); it has no PE")
-    return list(dict.fromkeys(requested))
-
-
 def run(args) -> int:
     from sim.capture import image_paths, network_cases
     from sim.cosim import CosimError, Options, cosimulate, summary
+    from .hw_cmd import pe_layer_names  # (imported here: hw_cmd registers this module)
     from sw.intref.validate import HardwareFormat
 
     t0 = time.perf_counter()
@@ -115,8 +100,8 @@ def run(args) -> int:
     check_output_dir(args.keep, "--keep")
     spec_from_args(args)  # and so do bad quantization flags
     qm, quantize_s = _model(args)
-    names = _layer_names(qm, args.layers)
-    calib = Path(args.calib) if args.calib else data_root(args.data) / "coco128" / "images" / "train2017"
+    names = pe_layer_names(qm, None if args.layers == ["all"] else args.layers, args.quantized or args.weights)
+    calib = calib_dir(args)
     t1 = time.perf_counter()
     cases = network_cases(qm, names, args.positions, image_paths(coco_root(args), args.images), calib,
                           HardwareFormat(args.act_bits, qm.spec.scale_bits, args.calib_images), args.img,

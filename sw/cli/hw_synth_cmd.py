@@ -61,13 +61,12 @@ def _config(args):
     if not 2 <= args.bits <= 8:
         raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
     if args.quantized or args.layer:
-        from .hw_cmd import quantized_layers
+        from .hw_cmd import pe_layer_names, quantized_layers
 
         if not (args.quantized and args.layer):
             raise QuantizationError("--quantized and --layer go together")
         qm = quantized_layers(args.quantized)
-        if args.layer not in qm.layers or qm.layers[args.layer].qt is None:
-            raise QuantizationError(f"{args.quantized}: no quantized layer {args.layer!r}")
+        pe_layer_names(qm, [args.layer], args.quantized)
         contract = LayerContract.from_record(args.layer, qm.layers[args.layer].qt, args.act_bits, qm.spec.scale_bits)
         return layer_pe(contract, args.lanes)
     qm = yolov7_quantized("pwlq" if args.pwlq else "affine", args.bits)
