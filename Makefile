@@ -19,7 +19,8 @@ apt:
 	if [ -z "$$missing" ]; then echo "apt: all present ($(APT_PKGS))"; \
 	else SUDO=""; [ "$$(id -u)" -ne 0 ] && SUDO=sudo; \
 	  echo "apt: installing$$missing"; \
-	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 venv:
 	[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
