@@ -34,7 +34,7 @@ from .arith import add_tree, multiply
 from .config import PEConfig
 from .param_memory import READ_LATENCY, ECP5ParamMemory, ParamMemory
 from .result_queue import LATENCY as QUEUE_LATENCY
-from .result_queue import ResultQueue
+from .result_queue import CreditedQueue
 
 
 def param_write_signature(cfg: PEConfig) -> wiring.Signature:
@@ -117,16 +117,12 @@ class ProcessingElement(wiring.Component):
                      mem.read_en.eq(1), mem.read_addr.eq(self.elements.payload.addr)]
         word = data.View(cfg.word_layout, mem.read_data)
 
-        # results wait in a FIFO; a dot product is admitted only with a FIFO slot reserved for its result:
-        # one counter of unreserved slots, taken by an accepted last beat, given back when a result leaves
-        m.submodules.results = queue = ResultQueue(cfg.acc_bits, cfg.result_fifo_depth)
+        # results wait in a queue; a dot product is admitted only with a slot reserved for its result (credits)
+        m.submodules.results = queue = CreditedQueue(cfg.acc_bits, cfg.result_fifo_depth)
         wiring.connect(m, wiring.flipped(self.results), queue.output)
-        free_slots = Signal(range(cfg.result_fifo_depth + 1), init=cfg.result_fifo_depth)
-        m.d.comb += self.elements.ready.eq(free_slots != 0)
+        m.d.comb += self.elements.ready.eq(queue.can_admit)
         accepted = self.elements.valid & self.elements.ready
-        returned = Signal(name="slot_returned")  # a slot comes back a cycle after its result leaves: safe, and
-        m.d.sync += returned.eq(self.results.valid & self.results.ready)  # keeps the output handshake short
-        m.d.sync += free_slots.eq(free_slots - (accepted & self.elements.payload.last) + returned)
+        m.d.comb += queue.admit.eq(accepted & self.elements.payload.last)
 
         # stage 1: the accepted beat
         beat = Signal(cfg.beat_layout, name="beat")
