@@ -9,7 +9,10 @@ with it well under 1 ns. Two implementations, identical in function:
 - :class:`ECP5ParamMemory`: DP16KD blocks instantiated with ``REGMODE = "OUTREG"``, for ECP5 synthesis.
   It starts zeroed (loaded through the write port), so layer builds with initial contents use the portable one.
 
-Both stall with the pipeline: ``en`` gates the address register and the output register.
+In both, ``read_en`` gates the address register and the output register; the PE ties it high, since its
+pipeline never stalls. A read of the word being written in the same cycle is undefined on the DP16KD (the
+two ports collide); the PE never relies on one (a layer's parameters are written before its beats).
+``sim/ecp5_memory.py`` checks the two against each other, cycle for cycle, in simulation.
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class ECP5ParamMemory(wiring.Component):
                 for i in range(min(14 - low, len(self.read_addr) - bank_bits)):
                     ports[f"i_ADA{i + low}"] = self.read_addr[i]
                     ports[f"i_ADB{i + low}"] = self.write_addr[i]
+                if width == 18:  # x18: AD1, AD0 are the byte write enables; the write port writes both bytes
+                    ports.update(i_ADB0=1, i_ADB1=1)
                 wdata = self.write_data.shape().width
                 for i in range(width):
                     bit = col * width + i

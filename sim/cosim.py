@@ -41,11 +41,13 @@ from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
 
 from . import runner
+from .ecp5_memory import DP16KD_MODEL
 from .stimulus import LayerCase
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
 from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_ports, pe_verilog, wrapper_verilog
 
 DEFAULT_LANES = 16
+MEMORIES = ("generic", "ecp5")
 
 
 class CosimError(YoloqError):
@@ -61,6 +63,7 @@ class Options:
     idle: int = 32                     # P(no beat offered in a cycle) = idle / 256
     stall: int = 32                    # P(results.ready low in a cycle) = stall / 256
     fault: str | None = None           # a deliberately wrong PE (ProcessingElement.FAULTS)
+    memory: str = "generic"            # the PE's parameter memory: generic, or ecp5 (DP16KD block RAMs, modelled)
     jobs: int = 2                      # simulations run at once
     cache: Path | None = None          # build cache (default out/sim_build)
     work: Path | None = None           # run folders are kept here (default: a temporary folder)
@@ -74,6 +77,8 @@ class Options:
             raise CosimError(f"idle and stall are rates out of 256, from 0 to 255; got {self.idle}, {self.stall}")
         if self.fault is not None and self.fault not in ProcessingElement.FAULTS:
             raise CosimError(f"unknown fault {self.fault!r}; choose one of {', '.join(ProcessingElement.FAULTS)}")
+        if self.memory not in MEMORIES:
+            raise CosimError(f"unknown memory {self.memory!r}; choose one of {', '.join(MEMORIES)}")
         if self.jobs < 1:
             raise CosimError(f"jobs must be at least 1, got {self.jobs}")
 
@@ -243,10 +248,12 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     t0 = time.perf_counter()
     depths, words = write_run(build, run_dir)
     t1 = time.perf_counter()
-    pe_name, pe_src = pe_verilog(build.cfg, opts.fault, opts.cache or runner.cache_dir())
+    pe_name, pe_src = pe_verilog(build.cfg, opts.fault, opts.cache or runner.cache_dir(), opts.memory)
     top = wrapper_verilog(build.cfg, pe_name, depths)
-    build_dir = runner.build(opts.sim, {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}, opts.cache,
-                             public=tuple(pe_ports(build.cfg).values()))
+    sources = {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}
+    if opts.memory == "ecp5":
+        sources["dp16kd_model.v"] = DP16KD_MODEL.read_text()
+    build_dir = runner.build(opts.sim, sources, opts.cache, public=tuple(pe_ports(build.cfg).values()))
     t2 = time.perf_counter()
     with _LayerProgress(bar, run_dir / RESULTS, len(build.items)):
         outcome = runner.run(opts.sim, build_dir, run_dir, {"tb_seed": opts.seed, "idle": opts.idle,

@@ -87,28 +87,30 @@ class MemoryDepths:
         return cls(depth_for(weights), depth_for(acts), depth_for(params), depth_for(layers + 1, 16))
 
 
-def pe_module_name(cfg: PEConfig, fault: str | None) -> str:
+def pe_module_name(cfg: PEConfig, fault: str | None, memory: str = "generic") -> str:
     """A name for the PE module that says what it is (the Verilator waivers match ``*yoloq_pe_*``)."""
     f = cfg.fmt
     name = (f"yoloq_pe_cosim_{cfg.mode}_l{cfg.lanes}_k{f.weight_bits}{'p' if f.pwlq else 'u'}_a{f.act_bits}"
             f"_f{f.scale_bits}_z{f.zero_point_bits}_acc{f.acc_bits}_w{cfg.param_words}")
-    return name + (f"_{fault}" if fault else "")
+    return name + (f"_{fault}" if fault else "") + ("_ecp5mem" if memory == "ecp5" else "")
 
 
-def pe_verilog(cfg: PEConfig, fault: str | None = None, cache: Path | None = None) -> tuple[str, str]:
+def pe_verilog(cfg: PEConfig, fault: str | None = None, cache: Path | None = None,
+               memory: str = "generic") -> tuple[str, str]:
     """(module name, Verilog) of the PE with an empty parameter memory (the testbench loads it).
 
     Elaborating a wide PE takes Amaranth 10-60 s, so with ``cache`` the Verilog is kept, keyed by the
-    config, the fault and :func:`hw.build.generator_digest` (any change to the generator makes a new entry).
+    config, the fault, the memory kind and :func:`hw.build.generator_digest` (any change to the generator makes
+    a new entry). ``memory="ecp5"``: the parameter memory of DP16KD block RAMs that ECP5 synthesis uses.
     """
-    name = pe_module_name(cfg, fault)
+    name = pe_module_name(cfg, fault, memory)
     path = None
     if cache is not None:
-        key = hashlib.sha256(repr((cfg, fault, generator_digest())).encode()).hexdigest()[:20]
+        key = hashlib.sha256(repr((cfg, fault, memory, generator_digest())).encode()).hexdigest()[:20]
         path = Path(cache) / "pe-verilog" / f"{name}-{key}.v"
         if path.exists():
             return name, path.read_text()
-    source = verilog.convert(ProcessingElement(cfg, None, fault=fault), name=name, emit_src=False)
+    source = verilog.convert(ProcessingElement(cfg, None, fault=fault, memory=memory), name=name, emit_src=False)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -243,6 +243,14 @@ def test_real_layers_on_exact_width_pes(real_layer_cases):
 
 # ---- the mutation check -----------------------------------------------------------------------------------------
 @pytest.mark.slow
+@pytest.mark.parametrize("method,gran", [("pwlq", "cshape"), ("affine", "fshape")])
+def test_pe_with_the_ecp5_parameter_memory(method, gran):
+    """The PE as ECP5 synthesis builds it (DP16KD parameter memory, loaded through its write port)."""
+    cases = [_random_case(_contract(method, gran, shape=(6, 8, 3, 3), seed=7), positions=3, seed=7)]
+    _assert_exact(cosimulate(cases, Options(sim="icarus", lanes=LANES, memory="ecp5", progress=False)), cases)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", ProcessingElement.FAULTS)
 def test_mutant_pe_is_caught(fault, real_layer_cases):
     result = cosimulate(real_layer_cases[:1], Options(sim="icarus", lanes=LANES, fault=fault, progress=False))
