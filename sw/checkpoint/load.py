@@ -8,7 +8,6 @@ embedded config with yoloq's own modules and the tensors are loaded strictly by 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,21 +15,9 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..models import YoloModel, builtin_config
 from ..models.configs import BUILTIN
-from ..models.fuse import fuse_repconv
-from ..models.layers import Conv, RepConv
+from .artifact import is_quantized_artifact, load_quantized
+from .build import LoadedModel, build_for_state_dict, load_tensors
 from .unpickler import Record, read_torch_zip
-
-
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference plus where it came from."""
-
-    model: YoloModel
-    source: str
-    kind: str                       # 'official', 'state_dict' or 'quantized'
-    extras: dict = field(default_factory=dict)
 
 
 def _collect(rec: Record, prefix: str, tensors: dict, bn_eps: dict) -> None:
@@ -77,49 +64,6 @@ def _names(raw, nc: int) -> list[str]:
     return [str(i) for i in range(nc)]
 
 
-def build_for_state_dict(cfg: dict, state_dict: dict, names=None) -> YoloModel:
-    """A model with the structure a state_dict implies: fused RepConvs, BN already folded into Conv blocks."""
-    model = YoloModel(cfg, names=names, init_biases=False)
-    for name, m in model.named_modules():
-        if isinstance(m, RepConv) and f"{name}.rbr_reparam.weight" in state_dict:
-            fuse_repconv(m)
-        elif isinstance(m, Conv) and f"{name}.bn.weight" not in state_dict and f"{name}.conv.bias" in state_dict:
-            m.bn = None
-            m.conv.bias = torch.nn.Parameter(torch.zeros(m.conv.out_channels))
-    return model
-
-
-def _load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
-    tensors = dict(tensors)
-    head = model.detect
-    head_name = f"model.{len(model.model) - 1}"
-    grid = tensors.pop(f"{head_name}.anchor_grid", None)  # YOLOv7 stores it; derived here from anchors*stride
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(own[k].shape)}"
-             for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
-        raise CheckpointError(f"{source}: tensors do not fit the architecture: " + "; ".join(parts))
-    with torch.no_grad():
-        for k, v in model.state_dict(keep_vars=True).items():
-            src = tensors[k]
-            if not src.dtype.is_floating_point and v.dtype.is_floating_point:
-                raise CheckpointError(f"{source}: {k} has dtype {src.dtype}, expected floating point")
-            v.copy_(src.to(v.dtype))
-    if grid is not None:
-        expected = head.anchors * head.stride.view(-1, 1, 1)
-        if grid.numel() != expected.numel() or not torch.allclose(grid.float().view(-1), expected.view(-1), rtol=1e-3):
-            raise CheckpointError(f"{source}: {head_name}.anchor_grid disagrees with anchors x stride")
-
-
 def model_from_official(rec: Record, source: str) -> YoloModel:
     cfg = rec.state["yaml"]
     tensors, bn_eps = {}, {}
@@ -129,7 +73,7 @@ def model_from_official(rec: Record, source: str) -> YoloModel:
         model = build_for_state_dict(cfg, tensors, names=_names(rec.state.get("names"), nc))
     except ConfigError as e:
         raise CheckpointError(f"{source}: embedded config: {e}") from e
-    _load_tensors(model, tensors, source)
+    load_tensors(model, tensors, source)
     for name, m in model.named_modules():
         if name in bn_eps:
             m.eps = bn_eps[name]
@@ -156,8 +100,6 @@ def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> Loaded
     source = str(path)
     if not Path(path).is_file():
         raise CheckpointError(f"{source}: checkpoint file not found")
-    from ..quant.artifact import is_quantized_artifact, load_quantized  # late: quant imports models
-
     if is_quantized_artifact(path):
         return load_quantized(path)
     obj = read_torch_zip(path)
@@ -176,7 +118,7 @@ def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> Loaded
                                       f"({', '.join(BUILTIN)}); pass --cfg with its architecture")
         cfg_dict = builtin_config(cfg) if isinstance(cfg, str) else cfg
         model = build_for_state_dict(cfg_dict, sd)
-        _load_tensors(model, sd, source)
+        load_tensors(model, sd, source)
         kind = "state_dict"
     model.float().eval()
     return LoadedModel(model=model, source=source, kind=kind)

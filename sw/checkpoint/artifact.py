@@ -25,10 +25,11 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError, ConfigError, YoloqError
-from .accounting import fp16_storage, quantized_storage
-from .granularity import GROUP_AXES, num_groups
-from .model import LayerResult, QuantizedModel, QuantSpec
-from .record import METHODS, QuantizedTensor, dequantize
+from ..quant.accounting import fp16_storage, quantized_storage
+from ..quant.granularity import GROUP_AXES, num_groups
+from ..quant.model import LayerResult, QuantizedModel, QuantSpec
+from ..quant.record import METHODS, QuantizedTensor, dequantize
+from .build import LoadedModel, build_for_state_dict, load_tensors
 
 FORMAT = "yoloq.quantized"
 VERSION = 1
@@ -115,8 +116,6 @@ def _read_record(r: _Reader, entry: dict) -> QuantizedTensor:
 
 def load_quantized(path: str | os.PathLike):
     """Load an artifact as a :class:`~sw.checkpoint.LoadedModel` whose ``extras['quantized']`` is the records."""
-    from ..checkpoint.load import LoadedModel, _load_tensors, build_for_state_dict
-
     source = str(path)
     try:
         with zipfile.ZipFile(path) as zf:
@@ -165,7 +164,7 @@ def load_quantized(path: str | os.PathLike):
         model = build_for_state_dict(manifest["config"], tensors, names=manifest.get("names"))
     except ConfigError as e:
         raise CheckpointError(f"{source}: model config in the artifact: {e}") from e
-    _load_tensors(model, tensors, source)
+    load_tensors(model, tensors, source)
     model.float().eval()
     return LoadedModel(model=model, source=source, kind="quantized",
                        extras={"quantized": QuantizedModel(model, spec, layers), "manifest_source": manifest.get("source")})
