@@ -62,6 +62,8 @@ def load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
             src = tensors[k]
             if not src.dtype.is_floating_point and v.dtype.is_floating_point:
                 raise CheckpointError(f"{source}: {k} has dtype {src.dtype}, expected floating point")
+            if src.dtype.is_floating_point and not torch.isfinite(src).all():
+                raise CheckpointError(f"{source}: {k} holds NaN or infinite values")
             v.copy_(src.to(v.dtype))
     if grid is not None:
         expected = head.anchors * head.stride.view(-1, 1, 1)

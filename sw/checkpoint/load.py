@@ -8,7 +8,6 @@ embedded config with yoloq's own modules and the tensors are loaded strictly by 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 
@@ -17,22 +16,33 @@ from ..models import YoloModel, builtin_config
 from ..models.configs import BUILTIN
 from .artifact import is_quantized_artifact, load_quantized
 from .build import LoadedModel, build_for_state_dict, load_tensors
+from .safezip import check_input_file
 from .unpickler import Record, read_torch_zip
 
 
 def _collect(rec: Record, prefix: str, tensors: dict, bn_eps: dict) -> None:
     """Walk a pickled module tree, gathering persistent parameters/buffers by state_dict name."""
     state = rec.state
-    skip = set(state.get("_non_persistent_buffers_set") or ())
+    skip = state.get("_non_persistent_buffers_set") or ()
+    skip = {n for n in skip if isinstance(n, str)} if isinstance(skip, (set, frozenset, list, tuple)) else set()
     for group in ("_parameters", "_buffers"):
-        for name, t in (state.get(group) or {}).items():
+        for name, t in _str_items(state.get(group), f"{prefix}{group}"):
             if isinstance(t, torch.Tensor) and name not in skip:
                 tensors[prefix + name] = t
     if rec.qualname.endswith("BatchNorm2d") and isinstance(state.get("eps"), float):
         bn_eps[prefix.rstrip(".")] = state["eps"]
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _str_items(state.get("_modules"), f"{prefix}_modules"):
         if isinstance(child, Record):
             _collect(child, f"{prefix}{name}.", tensors, bn_eps)
+
+
+def _str_items(d, where: str):
+    """The items of a module's name -> value dict; anything else in the pickle is the file's error."""
+    if d is None:
+        return []
+    if not isinstance(d, dict) or not all(isinstance(k, str) and len(k) < 256 for k in d):
+        raise CheckpointError(f"{where} is a {type(d).__name__}, expected a dict keyed by names")
+    return list(d.items())
 
 
 def _find_model_record(obj, source: str) -> Record | None:
@@ -56,23 +66,26 @@ def _as_state_dict(obj) -> dict | None:
     return None
 
 
-def _names(raw, nc: int) -> list[str]:
+def _names(raw, nc: int) -> list[str] | None:
+    """The class names a checkpoint carries, if they are nc short strings (else the model numbers them)."""
     if isinstance(raw, dict):
+        if not all(isinstance(k, int) for k in raw):
+            return None
         raw = [raw[k] for k in sorted(raw)]
-    if isinstance(raw, (list, tuple)) and len(raw) == nc and all(isinstance(n, str) for n in raw):
+    if isinstance(raw, (list, tuple)) and len(raw) == nc and all(isinstance(n, str) and len(n) < 256 for n in raw):
         return list(raw)
-    return [str(i) for i in range(nc)]
+    return None
 
 
 def model_from_official(rec: Record, source: str) -> YoloModel:
     cfg = rec.state["yaml"]
     tensors, bn_eps = {}, {}
     _collect(rec, "", tensors, bn_eps)
-    nc = cfg.get("nc", 80) if isinstance(cfg, dict) else 80
     try:
-        model = build_for_state_dict(cfg, tensors, names=_names(rec.state.get("names"), nc))
+        model = build_for_state_dict(cfg, tensors)
     except ConfigError as e:
-        raise CheckpointError(f"{source}: embedded config: {e}") from e
+        raise CheckpointError(f"{source}: embedded config: {e}") from None
+    model.names = _names(rec.state.get("names"), model.nc) or model.names
     load_tensors(model, tensors, source)
     for name, m in model.named_modules():
         if name in bn_eps:
@@ -81,9 +94,18 @@ def model_from_official(rec: Record, source: str) -> YoloModel:
 
 
 def infer_builtin(state_dict: dict) -> str | None:
-    """The built-in architecture whose tensor names and shapes a plain state_dict matches exactly."""
+    """The built-in architecture whose tensor names and shapes a plain state_dict matches exactly.
+
+    Only configs with the state_dict's number of layers (``model.<i>.`` prefixes) are built to compare, so a
+    state_dict of some other network is turned down at once."""
+    top = {k.split(".", 2)[1] for k in state_dict if k.startswith("model.") and k.count(".") >= 2}
+    if not top or not all(t.isdigit() for t in top):
+        return None
+    count = max(int(t) for t in top) + 1
     for name in BUILTIN:
         cfg = builtin_config(name)
+        if len(cfg["backbone"]) + len(cfg["head"]) != count:
+            continue
         try:
             model = build_for_state_dict(cfg, state_dict)
         except ConfigError:
@@ -98,8 +120,7 @@ def infer_builtin(state_dict: dict) -> str | None:
 def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> LoadedModel:
     """Load any checkpoint yoloq understands: official ``.pt``, plain state_dict, or a quantized artifact."""
     source = str(path)
-    if not Path(path).is_file():
-        raise CheckpointError(f"{source}: checkpoint file not found")
+    check_input_file(path, "checkpoint file")
     if is_quantized_artifact(path):
         return load_quantized(path)
     obj = read_torch_zip(path)
@@ -117,7 +138,10 @@ def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> Loaded
                 raise CheckpointError(f"{source}: a plain state_dict that matches no built-in model "
                                       f"({', '.join(BUILTIN)}); pass --cfg with its architecture")
         cfg_dict = builtin_config(cfg) if isinstance(cfg, str) else cfg
-        model = build_for_state_dict(cfg_dict, sd)
+        try:
+            model = build_for_state_dict(cfg_dict, sd)
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: config: {e}") from None
         load_tensors(model, sd, source)
         kind = "state_dict"
     model.float().eval()
