@@ -18,7 +18,7 @@ MAX_MANIFEST_BYTES = 16 * MiB        # an artifact's yoloq.json
 MAX_EXPANSION = 64                   # decompressed bytes per stored byte of a zip (torch stores, ratio 1)
 MAX_MEMBERS = 100_000                # entries in one zip
 MAX_NESTING = 64                     # depth of the pickled object tree or of a JSON manifest
-MAX_OBJECTS = 1_000_000              # objects in the pickled tree, counting each shared reference again
+MAX_OBJECTS = 500_000                # objects in the pickled tree, counting each shared reference again
 
 # Model configs (the layer list embedded in a checkpoint or artifact).
 MAX_CLASSES = 10_000                 # nc

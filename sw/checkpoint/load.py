@@ -80,7 +80,10 @@ def _names(raw, nc: int) -> list[str] | None:
 def model_from_official(rec: Record, source: str) -> YoloModel:
     cfg = rec.state["yaml"]
     tensors, bn_eps = {}, {}
-    _collect(rec, "", tensors, bn_eps)
+    try:
+        _collect(rec, "", tensors, bn_eps)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
     try:
         model = build_for_state_dict(cfg, tensors)
     except ConfigError as e:

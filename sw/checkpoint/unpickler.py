@@ -122,8 +122,8 @@ class _Storage:
 
 def _int_tuple(x, what: str) -> tuple:
     if not isinstance(x, (tuple, list, torch.Size)) or len(x) > _MAX_DIMS or \
-            not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in x):
-        raise CheckpointError(f"tensor {what} is not a tuple of at most {_MAX_DIMS} non-negative ints: {brief(x)}")
+            not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < (1 << 62) for v in x):
+        raise CheckpointError(f"tensor {what} is not a tuple of at most {_MAX_DIMS} ints from 0 to 2^62: {brief(x)}")
     return tuple(x)
 
 
@@ -239,37 +239,38 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpic
     dispatch[pickle.BUILD[0]] = load_build
 
 
+_CONTAINERS = (Record, dict, list, tuple, set, frozenset)
+
+
 def check_tree(obj, source: str, max_depth: int = limits.MAX_NESTING, max_objects: int = limits.MAX_OBJECTS) -> None:
     """Refuse an object tree that is cyclic, nested deeper than ``max_depth``, or larger than ``max_objects``
     when every shared reference is counted again (what a recursive walk, ``repr`` or ``json.dumps`` would see).
     Iterative, so it cannot itself overflow the stack."""
-    count = 0
+    count = 1
     on_path: set[int] = set()
-    stack = [(obj, 0, False)]
+    stack = [(obj, 0, False)] if isinstance(obj, _CONTAINERS) else []
     while stack:
         x, depth, leaving = stack.pop()
         if leaving:
             on_path.discard(id(x))
             continue
-        count += 1
-        if count > max_objects:
-            raise CheckpointError(f"{source}: more than {max_objects} objects (counting shared references); "
-                                  "refused as a resource bomb")
-        if isinstance(x, Record):
-            children = [x.args, x.kwargs, x.state]
-        elif isinstance(x, dict):
-            children = [v for kv in x.items() for v in kv]
-        elif isinstance(x, (list, tuple, set, frozenset)):
-            children = list(x)
-        else:
-            continue
         if id(x) in on_path:
             raise CheckpointError(f"{source}: the object tree contains itself (a reference cycle)")
         if depth >= max_depth:
             raise CheckpointError(f"{source}: objects nested more than {max_depth} deep")
+        if isinstance(x, Record):
+            children = (x.args, x.kwargs, x.state)
+        elif isinstance(x, dict):
+            children = [v for kv in x.items() for v in kv]
+        else:
+            children = x
+        count += len(children)
+        if count > max_objects:
+            raise CheckpointError(f"{source}: more than {max_objects} objects (counting shared references); "
+                                  "refused as a resource bomb")
         on_path.add(id(x))
         stack.append((x, depth, True))
-        stack.extend((c, depth + 1, False) for c in children)
+        stack.extend((c, depth + 1, False) for c in children if isinstance(c, _CONTAINERS))
 
 
 def _archive_prefix(names, source: str) -> str:
@@ -321,8 +322,10 @@ def read_torch_zip(path: str | os.PathLike):
         pkl = z.read(prefix + "data.pkl", limits.MAX_PICKLE_BYTES, "data.pkl")
         try:
             obj = RestrictedUnpickler(pkl, storage, source).load()
-        except CheckpointError:
-            raise
+        except CheckpointError as e:
+            if str(e).startswith(source):
+                raise
+            raise type(e)(f"{source}: {e}") from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
                 RecursionError, MemoryError, OverflowError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{source}: malformed pickle in checkpoint ({type(e).__name__})") from None
