@@ -35,7 +35,10 @@ def status(key):
     return 0.0
 
 with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-    main(["eval", "--weights", "/nonexistent.pt", "--quiet"])  # warm-up: lazy imports are not a case's cost
+    # warm-up: lazy imports (the CLI's, torch's meta-device kernels) are the process's cost, not a case's
+    main(["eval", "--weights", "/nonexistent.pt", "--quiet"])
+    from sw.models import YoloModel, builtin_config
+    YoloModel(builtin_config("yolov5n"))
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 results = []
 for case in cases:

@@ -146,16 +146,19 @@ CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()"
          "encrypted member", "bzip2 member", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_refused_cleanly(outcomes, name):
     path, pattern, outcome = outcomes[name]
     outcome.assert_refused(pattern, names=str(path))
 
 
+@pytest.mark.slow
 def test_cases_cover_every_payload(outcomes):
     assert sorted(outcomes) == sorted(CASES)
 
 
+@pytest.mark.slow
 def test_refused_names_are_not_imported(outcomes):
     assert not [m for m in outcomes["torch._dynamo is not imported"][2].new_modules if m.startswith("torch._dynamo")]
 
@@ -167,6 +170,7 @@ def test_billion_laughs_really_expands():
     assert _expanded_size(pickle.loads(pkl)["model"]) > 10 ** 9
 
 
+@pytest.mark.slow
 def test_zip_bomb_really_inflates(outcomes):
     path = outcomes["zip bomb storage (deflate 1000:1)"][0]
     info = zipfile.ZipFile(path).getinfo("archive/data/0")
