@@ -143,8 +143,8 @@ def rewrite_zip(src: Path, dst: Path, changes: dict[str, bytes | None]) -> Path:
                 continue
             zout.writestr(item, zin.read(item.filename))
         for name, data in changes.items():
-            if data is not None:
-                zout.writestr(name, data)
+            if data is not None:  # stored: a replaced member is never refused for its compression ratio
+                zout.writestr(name, data, compress_type=zipfile.ZIP_STORED)
     return dst
 
 
