@@ -17,14 +17,22 @@ import traceback
 from ..errors import YoloqError
 
 BAD_INPUT, INTERNAL, INTERRUPTED = 2, 3, 130
-ISSUES = "https://github.com/yoloq/yoloq/issues"
 _MAX_MESSAGE = 400
 
 
-def one_line(text: str) -> str:
+def one_line(text) -> str:
     """``text`` on one line, cut to a readable length."""
     text = " ".join(str(text).split())
     return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "..."
+
+
+def _classify(e: BaseException, prefix: str) -> tuple[int, str]:
+    if isinstance(e, (YoloqError, OSError)):  # OSError: a disk filling up, a file vanishing mid-run; names the path
+        return BAD_INPUT, f"{prefix}: error: {one_line(e)}"
+    if isinstance(e, (MemoryError, RecursionError)):
+        return BAD_INPUT, f"{prefix}: error: the input is too large or too deeply nested ({type(e).__name__})"
+    return INTERNAL, (f"{prefix}: internal error: {type(e).__name__}: {one_line(e)} (this is a bug in yoloq; "
+                      "please report it with the command line and the output of the same command with --debug)")
 
 
 def run_command(args, command: str, debug: bool = False) -> int:
@@ -36,16 +44,9 @@ def run_command(args, command: str, debug: bool = False) -> int:
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    except (YoloqError, OSError) as e:  # OSError: a disk filling up, a file vanishing mid-run; names the path
-        status, message = BAD_INPUT, f"{prefix}: error: {one_line(e)}"
-    except (MemoryError, RecursionError) as e:
-        status, message = BAD_INPUT, (f"{prefix}: error: the input is too large or too deeply nested "
-                                      f"({type(e).__name__})")
     except Exception as e:  # noqa: BLE001 - the boundary: a bug must not look like a crash
-        status = INTERNAL
-        message = (f"{prefix}: internal error: {type(e).__name__}: {one_line(e)} (this is a bug in yoloq; "
-                   f"please report it at {ISSUES} with the command line; rerun with --debug for the traceback)")
-    if debug:
-        traceback.print_exc()
-    print(message, file=sys.stderr)
-    return status
+        status, message = _classify(e, prefix)
+        if debug:
+            traceback.print_exc()
+        print(message, file=sys.stderr)
+        return status
