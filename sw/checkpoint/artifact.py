@@ -199,6 +199,7 @@ def load_quantized(path: str | os.PathLike) -> LoadedModel:
                     a.astype(np.float32) if a.dtype.kind == "f" else a.copy())
             layers = OrderedDict()
             for e in layer_entries:
+                _check_entry(e)
                 if e["quantized"]:
                     qt = _read_record(r, e)
                     tensors[f"{e['name']}.weight"] = dequantize(qt)
@@ -211,7 +212,7 @@ def load_quantized(path: str | os.PathLike) -> LoadedModel:
                                                 e["mse"], e["sqnr_db"], storage, e.get("note", ""),
                                                 e.get("candidates", {}))
         except YoloqError as e:
-            if isinstance(e, CheckpointError):
+            if isinstance(e, CheckpointError) and str(e).startswith(source):
                 raise
             raise CheckpointError(f"{source}: {e}") from None
         except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as e:
@@ -226,6 +227,21 @@ def load_quantized(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model=model, source=source, kind="quantized",
                        extras={"quantized": QuantizedModel(model, spec, layers),
                                "manifest_source": manifest.get("source")})
+
+
+def _check_entry(e) -> None:
+    """The report fields of a manifest layer entry have the types the report formats (else TypeError)."""
+    def number(v):
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not (isinstance(e, dict) and isinstance(e.get("name"), str) and isinstance(e.get("quantized"), bool)
+            and isinstance(e.get("shape"), list) and len(e["shape"]) == 4
+            and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= limits.MAX_CHANNELS for v in e["shape"])
+            and isinstance(e.get("granularity"), str) and isinstance(e.get("bits"), int)
+            and number(e.get("mse")) and number(e.get("sqnr_db")) and isinstance(e.get("note", ""), str)
+            and isinstance(e.get("candidates", {}), dict) and all(number(v) for v in e.get("candidates", {}).values())):
+        raise CheckpointError(f"layer entry {brief(e.get('name') if isinstance(e, dict) else e)}: invalid record "
+                              "(name, quantized, shape, granularity, bits, mse, sqnr_db, note, candidates)")
 
 
 def _names(raw) -> list[str] | None:

@@ -64,6 +64,7 @@ def _cases(artifacts, tmp):
     m = manifest(aff)
     bad_bits = dict(m, layers=[dict(m["layers"][0], bits="4")] + m["layers"][1:])
     big_shape = dict(m, layers=[dict(m["layers"][0], shape=[10 ** 9, 3, 6, 6])] + m["layers"][1:])
+    text_mse = dict(m, layers=[dict(m["layers"][0], mse="0.1")] + m["layers"][1:])
     float_entry = next(n for n in zipfile.ZipFile(aff).namelist() if n.startswith("float/") and "bn.weight" in n)
     anchors = next(n for n in zipfile.ZipFile(aff).namelist() if n.endswith("anchors.npy"))
     c = {  # name: (source artifact, changes, regex)
@@ -81,6 +82,8 @@ def _cases(artifacts, tmp):
                                    r"artifact version '1' is not supported \(this yoloq reads version 1"),
         "bits '4' (a string)": (aff, {"yoloq.json": json.dumps(bad_bits).encode()}, r"invalid record"),
         "shape of 10^9 filters": (aff, {"yoloq.json": json.dumps(big_shape).encode()}, r"invalid record"),
+        "mse '0.1' (a string)": (aff, {"yoloq.json": json.dumps(text_mse).encode()},
+                                 r"layer entry 'model.0.conv': invalid record"),
         ".npy header claiming 10^12 elements": (aff, {f"{q}/scale.npy": _npy_claiming(10 ** 12)},
                                                 r"claims 1000000000000 elements of 4 bytes, but holds 4 bytes"),
         "100000-deep JSON manifest": (aff, {"yoloq.json": _nested_json(100_000)}, r"not valid JSON \(RecursionError\)"),
@@ -110,7 +113,7 @@ def outcomes(artifacts, tmp_path_factory):
 
 CASES = ["affine zero-point 1000 at 4 bits", "symmetric zero-point 3", "PWLQ centre zero-point 1",
          "PWLQ tail zero-point 2^40", "subnormal scale", "NaN scale", "NaN BN weight", "infinite anchor",
-         "version '1' (a string)", "bits '4' (a string)", "shape of 10^9 filters",
+         "version '1' (a string)", "bits '4' (a string)", "shape of 10^9 filters", "mse '0.1' (a string)",
          ".npy header claiming 10^12 elements", "100000-deep JSON manifest", "100-deep JSON manifest",
          "codes outside 4 bits", "hw build of zero-point 1000"]
 

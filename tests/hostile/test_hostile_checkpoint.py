@@ -201,3 +201,27 @@ def test_build_on_storage_type_really_sets_dtype():
     pkl = state_dict(w=G("torch", "FloatStorage") + EMPTY_DICT + S("dtype") + G("torch", "float64") + SETITEM + BUILD)
     Trusting(io.BytesIO(pkl)).load()
     assert storage_type.dtype == "float64"
+
+
+# ---- the fast tier: the core refusals in-process, without the CLI subprocess ----------------------------
+FAST = {
+    "BUILD on a storage type": (state_dict(w=G("torch", "FloatStorage") + EMPTY_DICT + S("dtype")
+                                           + G("torch", "float64") + SETITEM + BUILD), None, "sets the state"),
+    "BUILD on a tensor": (state_dict(w=tensor("0", (0,), (1,)) + T(persid("0"), I(0), T(I(1 << 20)), T(I(1)))
+                                     + BUILD), {"0": b""}, "sets the state of a Tensor"),
+    "view overrun": (state_dict(w=tensor("0", (10,), (1,), numel=4)), {"0": bytes(16)}, "overruns storage"),
+    "billion laughs": (state_dict(model=_laughs()), None, "more than 500000 objects"),
+    "cycle": (state_dict(model=EMPTY_LIST + PUT(0) + GET(0) + APPEND), None, "contains itself"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAST))
+def test_core_refusals_in_process(tmp_path, name):
+    from sw.checkpoint import read_torch_zip
+    from sw.errors import CheckpointError
+
+    pkl, storages, message = FAST[name]
+    path = zip_checkpoint(tmp_path / "x.pt", pkl, storages)
+    with pytest.raises(CheckpointError, match=message) as info:
+        read_torch_zip(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)

@@ -91,6 +91,7 @@ def test_config_refused_cleanly(outcomes, name):
     outcome.assert_refused(r"embedded config: .*" + CASES[name][1], names=str(path))
 
 
+@pytest.mark.slow
 def test_unsortable_or_wrong_names_fall_back_to_numbers(tmp_path):
     """Class names that are not nc strings (mixed-type keys, wrong count) are replaced by numbers, not a crash."""
     model = tiny_model(nc=2)
