@@ -30,6 +30,8 @@ def _collect(rec: Record, prefix: str, tensors: dict, bn_eps: dict) -> None:
             if isinstance(t, torch.Tensor) and name not in skip:
                 tensors[prefix + name] = t
     if rec.qualname.endswith("BatchNorm2d") and isinstance(state.get("eps"), float):
+        if not 0 < state["eps"] < 1:  # also refuses NaN
+            raise CheckpointError(f"{prefix}eps is {state['eps']}, expected a small positive number")
         bn_eps[prefix.rstrip(".")] = state["eps"]
     for name, child in _str_items(state.get("_modules"), f"{prefix}_modules"):
         if isinstance(child, Record):

@@ -50,15 +50,38 @@ def letterbox_shape(orig_hw: tuple[int, int], img_size: int, stride: int) -> tup
     return (h, w), (math.ceil(h / stride) * stride, math.ceil(w / stride) * stride)
 
 
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError,
+                  Image.DecompressionBombError)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open an image file for its header; a FIFO or device (which would block or never end) is refused."""
+    if not Path(path).is_file():
+        raise ImageSkipped(f"image {path}: not a regular file")
+    try:
+        im = Image.open(path)
+    except _DECODE_ERRORS as e:
+        raise ImageSkipped(f"cannot read image {path}: {type(e).__name__}: {str(e)[:100]}") from None
+    w0, h0 = im.size
+    if w0 < 1 or h0 < 1 or w0 * h0 > limits.MAX_IMAGE_PIXELS:
+        im.close()
+        raise ImageSkipped(f"image {path}: {w0} x {h0} pixels (at most {limits.MAX_IMAGE_PIXELS} accepted)")
+    return im
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(h, w) of an image from its header, checked against the limit, without decoding it."""
+    with _open(path) as im:
+        return im.size[1], im.size[0]
+
+
 def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int,
                      expected_hw: tuple[int, int] | None = None) -> Letterboxed:
     """Decode and letterbox one image; :class:`ImageSkipped` if it is unreadable, larger than the limit, or
     (with ``expected_hw``) not the size its annotation gives, all checked from the header before decoding."""
     try:
-        with Image.open(path) as im:
+        with _open(path) as im:
             w0, h0 = im.size
-            if w0 < 1 or h0 < 1 or w0 * h0 > limits.MAX_IMAGE_PIXELS:
-                raise ImageSkipped(f"image {path}: {w0} x {h0} pixels (at most {limits.MAX_IMAGE_PIXELS} accepted)")
             if expected_hw is not None and (h0, w0) != tuple(expected_hw):
                 raise ImageSkipped(f"image {path}: {w0} x {h0} pixels, the annotation says "
                                    f"{expected_hw[1]} x {expected_hw[0]}")
@@ -69,8 +92,7 @@ def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int,
             arr = np.asarray(im, dtype=np.uint8)
     except ImageSkipped:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError,
-            Image.DecompressionBombError) as e:
+    except _DECODE_ERRORS as e:
         raise ImageSkipped(f"cannot read image {path}: {type(e).__name__}: {str(e)[:100]}") from None
     dw, dh = (W - w) / 2, (H - h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))

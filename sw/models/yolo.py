@@ -43,9 +43,11 @@ def parse_arg(a, names: dict):
         return a
     if a in names:
         return names[a]
+    if len(a) > 200:
+        raise ConfigError(f"config argument of {len(a)} characters: {a[:40]!r}...")
     try:
         node = ast.parse(a, mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return a  # upstream keeps unparseable strings (e.g. 'nearest') as they are
     if isinstance(node, ast.Constant):
         return node.value
@@ -57,9 +59,9 @@ def parse_arg(a, names: dict):
         try:
             args = [ast.literal_eval(x) for x in node.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
-        except ValueError as e:
-            raise ConfigError(f"activation arguments must be literals: {a!r}") from e
-        return cls(*args, **kwargs)
+            return cls(*args, **kwargs)
+        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+            raise ConfigError(f"activation arguments must be literals it accepts: {a!r}") from None
     if isinstance(node, ast.Name):
         return a
     raise ConfigError(f"config argument is not a literal, a known name or an activation: {a!r}")
@@ -87,18 +89,22 @@ def _check_cfg(cfg: dict) -> None:
         v = cfg.get(key, 1.0)
         if not _is_real(v) or not 0 < v <= limits.MAX_MULTIPLE:
             raise ConfigError(f"{key} must be a finite number in (0, {limits.MAX_MULTIPLE:g}], got {_brief(v)}")
-    anchors = cfg["anchors"]
-    if _is_int(anchors):
-        if not 1 <= anchors <= limits.MAX_ANCHORS:
-            raise ConfigError(f"anchors must be from 1 to {limits.MAX_ANCHORS}, got {anchors}")
-    elif not (isinstance(anchors, list) and 1 <= len(anchors) <= 8
-              and all(isinstance(a, list) and 2 <= len(a) <= 2 * limits.MAX_ANCHORS and len(a) % 2 == 0
-                      and len(a) == len(anchors[0]) and all(_is_real(v) and v > 0 for v in a) for a in anchors)):
-        raise ConfigError("anchors must be 1 to 8 levels of the same even number (2 to "
-                          f"{2 * limits.MAX_ANCHORS}) of finite positive numbers, got {_brief(anchors)}")
+    _check_anchors(cfg["anchors"])
     rows = [cfg[k] for k in ("backbone", "head")]
     if not all(isinstance(r, list) for r in rows) or not 1 <= len(rows[0]) + len(rows[1]) <= limits.MAX_LAYERS:
         raise ConfigError(f"backbone and head must be lists of 1 to {limits.MAX_LAYERS} layers in all")
+
+
+def _check_anchors(anchors, where: str = "anchors") -> None:
+    """An anchor count, or 1 to 8 levels of the same even number of finite positive sizes."""
+    if _is_int(anchors):
+        if not 1 <= anchors <= limits.MAX_ANCHORS:
+            raise ConfigError(f"{where} must be from 1 to {limits.MAX_ANCHORS}, got {anchors}")
+    elif not (isinstance(anchors, list) and 1 <= len(anchors) <= 8
+              and all(isinstance(a, list) and 2 <= len(a) <= 2 * limits.MAX_ANCHORS and len(a) % 2 == 0
+                      and len(a) == len(anchors[0]) and all(_is_real(v) and v > 0 for v in a) for a in anchors)):
+        raise ConfigError(f"{where} must be 1 to 8 levels of the same even number (2 to "
+                          f"{2 * limits.MAX_ANCHORS}) of finite positive numbers, got {_brief(anchors)}")
 
 
 def _brief(x) -> str:
@@ -127,6 +133,11 @@ def _check_args(m, args: list, i: int) -> None:
         if size is not None or not _is_real(scale) or not 0 < scale <= limits.MAX_UPSAMPLE:
             raise ConfigError(f"layer {i}: nn.Upsample takes [None, scale] with scale in (0, "
                               f"{limits.MAX_UPSAMPLE}], got {_brief(size)}, {_brief(scale)}")
+    if m in (Detect, IDetect):
+        if len(args) != 2 or not _is_int(args[0]) or not 1 <= args[0] <= limits.MAX_CLASSES:
+            raise ConfigError(f"layer {i}: {m.__name__} takes [nc, anchors] with nc from 1 to "
+                              f"{limits.MAX_CLASSES}, got {_brief(args[0] if args else None)}")
+        _check_anchors(args[1], f"layer {i}: {m.__name__} anchors")
     if m is Concat and args not in ([], [1]):
         raise ConfigError(f"layer {i}: Concat joins channels (dimension 1), got {_brief(args[0])}")
 

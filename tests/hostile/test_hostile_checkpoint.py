@@ -4,6 +4,7 @@ with exit status 2 and one line naming the file, under the memory limit (see hos
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -48,6 +49,10 @@ def _with_params_list(ckpt):
     ckpt["model"].__dict__["_parameters"] = [1, 2, 3]
 
 
+def _nan_eps(ckpt):
+    ckpt["model"].__dict__["_modules"]["model"].__dict__["_modules"]["0"].__dict__["_modules"]["bn"].eps = math.nan
+
+
 def _build_cases(tmp):
     """name -> (path, regex the error line must match)."""
     f32 = bytes(16)  # four float32 zeros
@@ -76,6 +81,7 @@ def _build_cases(tmp):
         w=tensor("0", (1,), (1,), storage_type="ComplexDoubleStorage"))), r"refused: .*torch.ComplexDoubleStorage")
     c["_parameters is a list"] = (official(tmp / "params.pt", tiny_model(), _with_params_list),
                                   r"_parameters is a list, expected a dict")
+    c["BatchNorm eps NaN"] = (official(tmp / "eps.pt", tiny_model(), _nan_eps), r"model.0.bn.eps is nan")
     # ---- storage geometry
     c["storage smaller than the pickle says"] = (ckpt("short", state_dict(w=tensor("0", (10,), (1,), numel=10)),
                                                       {"0": bytes(8)}), r"storage '0' holds 8 bytes, the pickle says 10 x 4")
@@ -139,7 +145,7 @@ def outcomes(tmp_path_factory):
 
 CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()", "build rewrites a record class",
          "5000-deep record chain", "list containing itself", "billion laughs", "torch._dynamo is not imported",
-         "storage type outside the table", "_parameters is a list",
+         "storage type outside the table", "_parameters is a list", "BatchNorm eps NaN",
          "storage smaller than the pickle says", "view past the end of its storage", "stride-0 view of 10^12 elements",
          "negative storage offset", "size of 2^70", "storage key is a billion laughs", "storage missing from the zip",
          "zip bomb storage (deflate 1000:1)", "data.pkl of 68 MB", "shared-reference bomb in an unused config key",

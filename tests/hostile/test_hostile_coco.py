@@ -59,6 +59,8 @@ def roots(coco_root, tmp_path_factory):
     _add_image(many, data, 10 ** 9 + 2, "mis-sized.jpg", (many / "images/val2017" / real["file_name"]).read_bytes(),
                real["height"] + 1, real["width"])
     _add_image(many, data, 10 ** 9 + 3, "zero.png", png_header_only(1, 1), 0, 0)
+    os.mkfifo(many / "images/val2017/fifo.jpg")  # would block a reader that opens it
+    data["images"].append({"id": 10 ** 9 + 5, "file_name": "fifo.jpg", "height": 10, "width": 10})
     data["images"].append({"id": "10", "file_name": "strid.jpg", "height": 10, "width": 10})
     data["images"].append({"id": 10 ** 9 + 4, "file_name": "../../escape.jpg", "height": 10, "width": 10})
     _write(many, data)
@@ -97,8 +99,8 @@ def test_one_unreadable_image_is_skipped_and_counted(outcomes, roots):
 def test_too_many_bad_images_fail_naming_the_folder(outcomes, roots):
     results, cwd = outcomes
     r = results["many"]
-    r.assert_refused(r"5 of 25 images skipped", names=str(roots["many"]))
-    for name in ("bomb.png", "mis-sized.jpg"):
+    r.assert_refused(r"6 of 26 images skipped", names=str(roots["many"]))
+    for name in ("bomb.png", "mis-sized.jpg", "fifo.jpg: not a regular file"):
         assert any(name in line for line in r.lines[:-1]), r.stderr
     assert any("image 10: entry without an integer id" in line or "images[" in line for line in r.lines), r.stderr
     assert not (cwd / "many.json").exists()

@@ -71,6 +71,12 @@ CASES = {  # name: (config, regex of the error line)
     "10^6 output channels": (_row(0, 3, [10 ** 6, 6, 2, 2]), r"output channels, more than 8192"),
     "no Detect at the end": (_v5n(head=builtin_config("yolov5n")["head"][:-1]), r"must be Detect or IDetect"),
     "config is a list": ([1, 2, 3], r"model config must be a dict"),
+    "Detect with 10^9 anchors": (_row(len(builtin_config("yolov5n")["backbone"] + builtin_config("yolov5n")["head"]) - 1,
+                                      3, ["nc", 10 ** 9]), r"Detect anchors must be from 1 to 16"),
+    "activation with a keyword it does not take": (_row(0, 3, [16, 6, 2, 2, 1, "nn.LeakyReLU(foo=1)"]),
+                                                   r"activation arguments must be literals it accepts"),
+    "a 100000-character argument": (_row(0, 3, [16, 6, 2, 2, 1, "(" * 50_000 + ")" * 50_000]),
+                                    r"config argument of 100000 characters"),
 }
 
 
