@@ -109,3 +109,33 @@ def test_debug_adds_the_traceback(capsys):
 
 def test_interrupt_is_130(capsys):
     assert run_command(_raising(KeyboardInterrupt()), "demo") == 130
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ('{"key": "other", "status": "ok"}', r"not a result record of 'affine-4b-filter'"),
+    ('{"key": "affine-4b-filter", "status": "ok", "metrics": {}}', r"its metrics lack finite numbers"),
+    ('{"key": "affine-4b-filter", "status": "ok", "metrics": {"precision": 1, "recall": 1, "map50": NaN, '
+     '"map50_95": 1}, "quant": {}}', r"its metrics lack finite numbers"),
+    ("[" * 100_000, r"not a result record \((RecursionError|JSONDecodeError)\)"),
+    ("\xff", r"not a result record"),
+])
+def test_hand_edited_result_records_are_named(tmp_path, text, pattern):
+    """A reused sweep folder is input too: a record that is not what the sweep wrote is refused by name."""
+    from sw.errors import SweepError
+    from sw.sweep.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    store.runs.mkdir(parents=True, exist_ok=True)
+    store.run_path("affine-4b-filter").write_text(text)
+    with pytest.raises(SweepError, match=pattern) as info:
+        store.load("affine-4b-filter")
+    assert str(store.run_path("affine-4b-filter")) in str(info.value)
+
+
+def test_foreign_settings_file_is_named(tmp_path):
+    from sw.errors import SweepError
+    from sw.sweep.store import SETTINGS_FILE, ResultStore
+
+    (tmp_path / SETTINGS_FILE).write_text("[1, 2]")
+    with pytest.raises(SweepError, match="not a sweep settings file"):
+        ResultStore(tmp_path).claim({"weights_sha256": "x"})
