@@ -31,7 +31,7 @@ from ..quant.accounting import fp16_storage, quantized_storage
 from ..quant.granularity import GROUP_AXES, num_groups
 from ..quant.model import LayerResult, QuantizedModel, QuantSpec
 from ..quant.record import METHODS, QuantizedTensor, dequantize
-from .build import LoadedModel, build_for_state_dict, load_tensors
+from .build import LoadedModel, build_for_state_dict, check_finite, load_tensors
 from .safezip import SafeZip, check_input_file
 from .unpickler import brief, check_tree
 
@@ -197,6 +197,7 @@ def load_quantized(path: str | os.PathLike) -> LoadedModel:
                     raise CheckpointError(f"{source}: {entry} is {a.dtype}, expected a numeric array")
                 tensors[entry[len("float/"):-len(".npy")]] = torch.from_numpy(
                     a.astype(np.float32) if a.dtype.kind == "f" else a.copy())
+            check_finite(tensors, source)  # before anything is dequantized or built
             layers = OrderedDict()
             for e in layer_entries:
                 _check_entry(e)

@@ -38,7 +38,15 @@ def build_for_state_dict(cfg: dict, state_dict: dict, names=None) -> YoloModel:
     return model
 
 
+def check_finite(tensors: dict, source: str) -> None:
+    """Every floating-point tensor (weights, BN statistics, anchors) holds finite values."""
+    for k, t in tensors.items():
+        if t.dtype.is_floating_point and not torch.isfinite(t).all():
+            raise CheckpointError(f"{source}: {k} holds NaN or infinite values")
+
+
 def load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
+    check_finite(tensors, source)
     tensors = dict(tensors)
     head = model.detect
     head_name = f"model.{len(model.model) - 1}"
@@ -62,8 +70,6 @@ def load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
             src = tensors[k]
             if not src.dtype.is_floating_point and v.dtype.is_floating_point:
                 raise CheckpointError(f"{source}: {k} has dtype {src.dtype}, expected floating point")
-            if src.dtype.is_floating_point and not torch.isfinite(src).all():
-                raise CheckpointError(f"{source}: {k} holds NaN or infinite values")
             v.copy_(src.to(v.dtype))
     if grid is not None:
         expected = head.anchors * head.stride.view(-1, 1, 1)

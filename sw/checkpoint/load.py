@@ -15,7 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import YoloModel, builtin_config
 from ..models.configs import BUILTIN
 from .artifact import is_quantized_artifact, load_quantized
-from .build import LoadedModel, build_for_state_dict, load_tensors
+from .build import LoadedModel, build_for_state_dict, check_finite, load_tensors
 from .safezip import check_input_file
 from .unpickler import Record, read_torch_zip
 
@@ -86,6 +86,7 @@ def model_from_official(rec: Record, source: str) -> YoloModel:
         _collect(rec, "", tensors, bn_eps)
     except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
+    check_finite(tensors, source)  # before a model is built for them
     try:
         model = build_for_state_dict(cfg, tensors)
     except ConfigError as e:
