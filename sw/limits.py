@@ -16,7 +16,7 @@ MAX_TENSOR_BYTES = 1024 * MiB        # all tensor data in one file, decompressed
 MAX_PICKLE_BYTES = 64 * MiB          # a checkpoint's data.pkl (structure only; tensors are separate members)
 MAX_MANIFEST_BYTES = 16 * MiB        # an artifact's yoloq.json
 MAX_EXPANSION = 64                   # decompressed bytes per stored byte of a zip (torch stores, ratio 1)
-MAX_MEMBERS = 100_000                # entries in one zip
+MAX_MEMBERS = 10_000                 # entries in one zip (official checkpoints: ~1,000)
 MAX_NESTING = 64                     # depth of the pickled object tree or of a JSON manifest
 MAX_OBJECTS = 500_000                # objects in the pickled tree, counting each shared reference again
 

@@ -41,10 +41,11 @@ MANIFEST = "yoloq.json"
 
 
 def is_quantized_artifact(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a zip with a manifest (a zip that cannot be read safely is left to the caller)."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            return MANIFEST in zf.namelist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        with SafeZip(path, str(path)) as z:
+            return MANIFEST in z.names
+    except CheckpointError:
         return False
 
 

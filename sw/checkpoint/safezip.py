@@ -37,20 +37,30 @@ def check_input_file(path: str | os.PathLike, what: str) -> int:
     return st.st_size
 
 
+def _check_directory(path, source: str) -> None:
+    """The zip's entry count and directory size, from its end record, before ``zipfile`` parses every entry
+    (a directory of millions of entries costs minutes and gigabytes)."""
+    with open(path, "rb") as fh:
+        end = zipfile._EndRecData(fh)  # noqa: SLF001 - the end record parser zipfile itself uses
+    if end is None:
+        raise CheckpointError(f"{source}: corrupt or truncated zip (no end of central directory)")
+    count, size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # noqa: SLF001
+    if count > limits.MAX_MEMBERS or size > limits.MAX_MEMBERS * 1024:
+        raise CheckpointError(f"{source}: {count} zip entries in a {size}-byte directory, more than the "
+                              f"{limits.MAX_MEMBERS} entries accepted")
+
+
 class SafeZip:
     """An open zip whose reads are bounded; ``total`` counts the bytes decompressed so far."""
 
     def __init__(self, path: str | Path, source: str, budget: int = limits.MAX_TENSOR_BYTES):
         self.source, self.budget, self.total = source, budget, 0
         try:
+            _check_directory(path, source)
             self.zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
             raise CheckpointError(f"{source}: corrupt or truncated zip ({e})") from None
-        infos = self.zf.infolist()
-        if len(infos) > limits.MAX_MEMBERS:
-            self.zf.close()
-            raise CheckpointError(f"{source}: {len(infos)} zip entries, more than {limits.MAX_MEMBERS}")
-        self.infos = {i.filename: i for i in infos}
+        self.infos = {i.filename: i for i in self.zf.infolist()}
         self.names = set(self.infos)
 
     def __enter__(self):

@@ -114,6 +114,12 @@ def _build_cases(tmp):
     c["encrypted member"] = (enc, r"data.pkl is encrypted")
     c["bzip2 member"] = (ckpt("bzip2", state_dict(w=NONE), compression=zipfile.ZIP_BZIP2),
                          r"compression method 12")
+    entries = tmp / "entries.pt"
+    with zipfile.ZipFile(entries, "w") as zf:  # an honest zip: 12,000 empty members
+        zf.writestr("archive/data.pkl", state_dict(w=NONE))
+        for i in range(12_000):
+            zf.writestr(f"archive/data/{i}", b"")
+    c["12,000 zip entries"] = (entries, r"12001 zip entries in a \d+-byte directory, more than the 10000")
     sparse = tmp / "sparse.pt"
     with open(sparse, "wb") as fh:
         fh.write(b"PK\x03\x04")
@@ -149,7 +155,7 @@ CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()"
          "storage smaller than the pickle says", "view past the end of its storage", "stride-0 view of 10^12 elements",
          "negative storage offset", "size of 2^70", "storage key is a billion laughs", "storage missing from the zip",
          "zip bomb storage (deflate 1000:1)", "data.pkl of 68 MB", "shared-reference bomb in an unused config key",
-         "encrypted member", "bzip2 member", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
+         "encrypted member", "bzip2 member", "12,000 zip entries", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
 
 
 @pytest.mark.slow
