@@ -31,7 +31,7 @@ from ..quant.accounting import fp16_storage, quantized_storage
 from ..quant.granularity import GROUP_AXES, num_groups
 from ..quant.model import LayerResult, QuantizedModel, QuantSpec
 from ..quant.record import METHODS, QuantizedTensor, dequantize
-from .build import LoadedModel, build_for_state_dict, check_finite, load_tensors
+from .build import LoadedModel, build_for_state_dict, check_finite, class_names, load_tensors
 from .safezip import SafeZip, check_input_file
 from .unpickler import brief, check_tree
 
@@ -221,9 +221,10 @@ def load_quantized(path: str | os.PathLike) -> LoadedModel:
             raise CheckpointError(f"{source}: corrupt quantized artifact ({type(e).__name__}: "
                                   f"{str(e)[:80]})") from None
     try:
-        model = build_for_state_dict(manifest["config"], tensors, names=_names(manifest.get("names")))
+        model = build_for_state_dict(manifest["config"], tensors)
     except ConfigError as e:
         raise CheckpointError(f"{source}: model config in the artifact: {e}") from None
+    model.names = class_names(manifest.get("names"), model.nc) or model.names
     load_tensors(model, tensors, source)
     model.float().eval()
     return LoadedModel(model=model, source=source, kind="quantized",
@@ -244,9 +245,3 @@ def _check_entry(e) -> None:
             and isinstance(e.get("candidates", {}), dict) and all(number(v) for v in e.get("candidates", {}).values())):
         raise CheckpointError(f"layer entry {brief(e.get('name') if isinstance(e, dict) else e)}: invalid record "
                               "(name, quantized, shape, granularity, bits, mse, sqnr_db, note, candidates)")
-
-
-def _names(raw) -> list[str] | None:
-    if isinstance(raw, list) and all(isinstance(n, str) and len(n) < 256 for n in raw):
-        return raw
-    return None

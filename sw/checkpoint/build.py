@@ -26,6 +26,17 @@ class LoadedModel:
     extras: dict = field(default_factory=dict)
 
 
+def class_names(raw, nc: int) -> list[str] | None:
+    """The class names a checkpoint carries, if they are nc short strings (else the model numbers them)."""
+    if isinstance(raw, dict):
+        if not all(isinstance(k, int) for k in raw):
+            return None
+        raw = [raw[k] for k in sorted(raw)]
+    if isinstance(raw, (list, tuple)) and len(raw) == nc and all(isinstance(n, str) and len(n) < 256 for n in raw):
+        return list(raw)
+    return None
+
+
 def build_for_state_dict(cfg: dict, state_dict: dict, names=None) -> YoloModel:
     """A model with the structure a state_dict implies: fused RepConvs, BN already folded into Conv blocks."""
     model = YoloModel(cfg, names=names, init_biases=False)

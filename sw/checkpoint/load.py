@@ -15,7 +15,7 @@ from ..errors import CheckpointError, ConfigError
 from ..models import YoloModel, builtin_config
 from ..models.configs import BUILTIN
 from .artifact import is_quantized_artifact, load_quantized
-from .build import LoadedModel, build_for_state_dict, check_finite, load_tensors
+from .build import LoadedModel, build_for_state_dict, check_finite, class_names, load_tensors
 from .safezip import check_input_file
 from .unpickler import Record, read_torch_zip
 
@@ -68,17 +68,6 @@ def _as_state_dict(obj) -> dict | None:
     return None
 
 
-def _names(raw, nc: int) -> list[str] | None:
-    """The class names a checkpoint carries, if they are nc short strings (else the model numbers them)."""
-    if isinstance(raw, dict):
-        if not all(isinstance(k, int) for k in raw):
-            return None
-        raw = [raw[k] for k in sorted(raw)]
-    if isinstance(raw, (list, tuple)) and len(raw) == nc and all(isinstance(n, str) and len(n) < 256 for n in raw):
-        return list(raw)
-    return None
-
-
 def model_from_official(rec: Record, source: str) -> YoloModel:
     cfg = rec.state["yaml"]
     tensors, bn_eps = {}, {}
@@ -91,7 +80,7 @@ def model_from_official(rec: Record, source: str) -> YoloModel:
         model = build_for_state_dict(cfg, tensors)
     except ConfigError as e:
         raise CheckpointError(f"{source}: embedded config: {e}") from None
-    model.names = _names(rec.state.get("names"), model.nc) or model.names
+    model.names = class_names(rec.state.get("names"), model.nc) or model.names
     load_tensors(model, tensors, source)
     for name, m in model.named_modules():
         if name in bn_eps:
