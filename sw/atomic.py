@@ -1,18 +1,39 @@
-"""Atomic result files: write beside the target, fsync, then rename, so a reader never sees half a file."""
+"""Atomic result files: write beside the target, fsync, then rename, so a reader never sees half a file.
+
+Only a regular file (or nothing) is ever replaced: renaming over ``/dev/null``, a FIFO or a socket would
+replace the node itself, so such a target is refused before anything is written.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import YoloqError
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Refuse a target that exists and is not a regular file (following symlinks)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise YoloqError(f"{path}: cannot write there ({e.strerror})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
+        raise YoloqError(f"{path}: is {kind}; refusing to replace it")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path in the target's folder; on success it replaces ``path``, on error it vanishes."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -23,6 +44,7 @@ def atomic_path(path: str | os.PathLike):
         yield Path(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        check_replaceable(path)  # again: it may have appeared while the result was computed
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

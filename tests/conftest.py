@@ -47,7 +47,7 @@ def yolov7_generated_path(tmp_path_factory) -> Path:
 def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
     """4-bit PWLQ mix3 quantized artifact of the generated YOLOv7 (real YOLOv7 layer shapes)."""
     from sw.checkpoint import load_model
-    from sw.quant.artifact import save_quantized
+    from sw.checkpoint.artifact import save_quantized
     from sw.quant.model import QuantSpec, quantize_model
 
     path = tmp_path_factory.mktemp("q7") / "yolov7-pwlq4-mix3.yqa"

@@ -11,7 +11,7 @@ from hw.lint import lint
 from sw.cli import main
 from sw.intref.contract import LayerContract
 from sw.intref.stream import StreamLayout
-from sw.quant.artifact import load_quantized
+from sw.checkpoint.artifact import load_quantized
 
 
 def _layer_of(qm, granularity):

@@ -13,7 +13,7 @@ from sw.checkpoint import load_model
 from sw.cli import main
 from sw.errors import CheckpointError, QuantizationError
 from sw.quant.accounting import FP16_BITS, SHIFT_BITS, quantized_storage, savings, signed_width
-from sw.quant.artifact import load_quantized, save_quantized
+from sw.checkpoint.artifact import load_quantized, save_quantized
 from sw.quant.model import QuantSpec, quantize_model
 from sw.quant.quantizer import quantize_tensor
 from sw.quant.record import dequantize

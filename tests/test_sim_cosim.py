@@ -27,7 +27,7 @@ from sw.intref.contract import ActQuant, ContractFormat, LayerContract
 from sw.intref.network import IntegerConv2d
 from sw.intref.packing import bit_matrix, hex_lines, words_of
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
-from sw.quant.artifact import load_quantized
+from sw.checkpoint.artifact import load_quantized
 from sw.quant.model import QuantSpec, quantize_layer
 from sw.quant.quantizer import quantize_tensor
 

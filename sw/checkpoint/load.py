@@ -8,44 +8,43 @@ embedded config with yoloq's own modules and the tensors are loaded strictly by 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models import YoloModel, builtin_config
 from ..models.configs import BUILTIN
-from ..models.fuse import fuse_repconv
-from ..models.layers import Conv, RepConv
+from .artifact import is_quantized_artifact, load_quantized
+from .build import LoadedModel, build_for_state_dict, check_finite, class_names, load_tensors
+from .safezip import check_input_file
 from .unpickler import Record, read_torch_zip
-
-
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for inference plus where it came from."""
-
-    model: YoloModel
-    source: str
-    kind: str                       # 'official', 'state_dict' or 'quantized'
-    extras: dict = field(default_factory=dict)
 
 
 def _collect(rec: Record, prefix: str, tensors: dict, bn_eps: dict) -> None:
     """Walk a pickled module tree, gathering persistent parameters/buffers by state_dict name."""
     state = rec.state
-    skip = set(state.get("_non_persistent_buffers_set") or ())
+    skip = state.get("_non_persistent_buffers_set") or ()
+    skip = {n for n in skip if isinstance(n, str)} if isinstance(skip, (set, frozenset, list, tuple)) else set()
     for group in ("_parameters", "_buffers"):
-        for name, t in (state.get(group) or {}).items():
+        for name, t in _str_items(state.get(group), f"{prefix}{group}"):
             if isinstance(t, torch.Tensor) and name not in skip:
                 tensors[prefix + name] = t
     if rec.qualname.endswith("BatchNorm2d") and isinstance(state.get("eps"), float):
+        if not 0 < state["eps"] < 1:  # also refuses NaN
+            raise CheckpointError(f"{prefix}eps is {state['eps']}, expected a small positive number")
         bn_eps[prefix.rstrip(".")] = state["eps"]
-    for name, child in (state.get("_modules") or {}).items():
+    for name, child in _str_items(state.get("_modules"), f"{prefix}_modules"):
         if isinstance(child, Record):
             _collect(child, f"{prefix}{name}.", tensors, bn_eps)
+
+
+def _str_items(d, where: str):
+    """The items of a module's name -> value dict; anything else in the pickle is the file's error."""
+    if d is None:
+        return []
+    if not isinstance(d, dict) or not all(isinstance(k, str) and len(k) < 256 for k in d):
+        raise CheckpointError(f"{where} is a {type(d).__name__}, expected a dict keyed by names")
+    return list(d.items())
 
 
 def _find_model_record(obj, source: str) -> Record | None:
@@ -69,67 +68,20 @@ def _as_state_dict(obj) -> dict | None:
     return None
 
 
-def _names(raw, nc: int) -> list[str]:
-    if isinstance(raw, dict):
-        raw = [raw[k] for k in sorted(raw)]
-    if isinstance(raw, (list, tuple)) and len(raw) == nc and all(isinstance(n, str) for n in raw):
-        return list(raw)
-    return [str(i) for i in range(nc)]
-
-
-def build_for_state_dict(cfg: dict, state_dict: dict, names=None) -> YoloModel:
-    """A model with the structure a state_dict implies: fused RepConvs, BN already folded into Conv blocks."""
-    model = YoloModel(cfg, names=names, init_biases=False)
-    for name, m in model.named_modules():
-        if isinstance(m, RepConv) and f"{name}.rbr_reparam.weight" in state_dict:
-            fuse_repconv(m)
-        elif isinstance(m, Conv) and f"{name}.bn.weight" not in state_dict and f"{name}.conv.bias" in state_dict:
-            m.bn = None
-            m.conv.bias = torch.nn.Parameter(torch.zeros(m.conv.out_channels))
-    return model
-
-
-def _load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
-    tensors = dict(tensors)
-    head = model.detect
-    head_name = f"model.{len(model.model) - 1}"
-    grid = tensors.pop(f"{head_name}.anchor_grid", None)  # YOLOv7 stores it; derived here from anchors*stride
-    own = model.state_dict()
-    missing = [k for k in own if k not in tensors]
-    unexpected = [k for k in tensors if k not in own]
-    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(own[k].shape)}"
-             for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
-        if wrong:
-            parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
-        raise CheckpointError(f"{source}: tensors do not fit the architecture: " + "; ".join(parts))
-    with torch.no_grad():
-        for k, v in model.state_dict(keep_vars=True).items():
-            src = tensors[k]
-            if not src.dtype.is_floating_point and v.dtype.is_floating_point:
-                raise CheckpointError(f"{source}: {k} has dtype {src.dtype}, expected floating point")
-            v.copy_(src.to(v.dtype))
-    if grid is not None:
-        expected = head.anchors * head.stride.view(-1, 1, 1)
-        if grid.numel() != expected.numel() or not torch.allclose(grid.float().view(-1), expected.view(-1), rtol=1e-3):
-            raise CheckpointError(f"{source}: {head_name}.anchor_grid disagrees with anchors x stride")
-
-
 def model_from_official(rec: Record, source: str) -> YoloModel:
     cfg = rec.state["yaml"]
     tensors, bn_eps = {}, {}
-    _collect(rec, "", tensors, bn_eps)
-    nc = cfg.get("nc", 80) if isinstance(cfg, dict) else 80
     try:
-        model = build_for_state_dict(cfg, tensors, names=_names(rec.state.get("names"), nc))
+        _collect(rec, "", tensors, bn_eps)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    check_finite(tensors, source)  # before a model is built for them
+    try:
+        model = build_for_state_dict(cfg, tensors)
     except ConfigError as e:
-        raise CheckpointError(f"{source}: embedded config: {e}") from e
-    _load_tensors(model, tensors, source)
+        raise CheckpointError(f"{source}: embedded config: {e}") from None
+    model.names = class_names(rec.state.get("names"), model.nc) or model.names
+    load_tensors(model, tensors, source)
     for name, m in model.named_modules():
         if name in bn_eps:
             m.eps = bn_eps[name]
@@ -137,9 +89,18 @@ def model_from_official(rec: Record, source: str) -> YoloModel:
 
 
 def infer_builtin(state_dict: dict) -> str | None:
-    """The built-in architecture whose tensor names and shapes a plain state_dict matches exactly."""
+    """The built-in architecture whose tensor names and shapes a plain state_dict matches exactly.
+
+    Only configs with the state_dict's number of layers (``model.<i>.`` prefixes) are built to compare, so a
+    state_dict of some other network is turned down at once."""
+    top = {k.split(".", 2)[1] for k in state_dict if k.startswith("model.") and k.count(".") >= 2}
+    if not top or not all(t.isdigit() for t in top):
+        return None
+    count = max(int(t) for t in top) + 1
     for name in BUILTIN:
         cfg = builtin_config(name)
+        if len(cfg["backbone"]) + len(cfg["head"]) != count:
+            continue
         try:
             model = build_for_state_dict(cfg, state_dict)
         except ConfigError:
@@ -154,10 +115,7 @@ def infer_builtin(state_dict: dict) -> str | None:
 def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> LoadedModel:
     """Load any checkpoint yoloq understands: official ``.pt``, plain state_dict, or a quantized artifact."""
     source = str(path)
-    if not Path(path).is_file():
-        raise CheckpointError(f"{source}: checkpoint file not found")
-    from ..quant.artifact import is_quantized_artifact, load_quantized  # late: quant imports models
-
+    check_input_file(path, "checkpoint file")
     if is_quantized_artifact(path):
         return load_quantized(path)
     obj = read_torch_zip(path)
@@ -175,8 +133,11 @@ def load_model(path: str | os.PathLike, cfg: str | dict | None = None) -> Loaded
                 raise CheckpointError(f"{source}: a plain state_dict that matches no built-in model "
                                       f"({', '.join(BUILTIN)}); pass --cfg with its architecture")
         cfg_dict = builtin_config(cfg) if isinstance(cfg, str) else cfg
-        model = build_for_state_dict(cfg_dict, sd)
-        _load_tensors(model, sd, source)
+        try:
+            model = build_for_state_dict(cfg_dict, sd)
+        except ConfigError as e:
+            raise CheckpointError(f"{source}: config: {e}") from None
+        load_tensors(model, sd, source)
         kind = "state_dict"
     model.float().eval()
     return LoadedModel(model=model, source=source, kind=kind)

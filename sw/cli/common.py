@@ -6,6 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
+from ..atomic import check_replaceable
 from ..errors import YoloqError
 from ..paths import data_root
 
@@ -50,12 +51,17 @@ def _writable_parent(path: Path, flag: str) -> None:
 
 
 def check_output_file(path: str | None, flag: str) -> None:
-    """Refuse an output file that cannot be written, before any work (so nothing is left half done)."""
+    """Refuse an output file that cannot be written, before any work (so nothing is left half done).
+    Only a regular file is ever replaced: a device node, FIFO or socket is refused (see :mod:`sw.atomic`)."""
     if path is None:
         return
     path = Path(path)
     if path.is_dir():
         raise YoloqError(f"{flag} {path}: is a folder, expected a file name")
+    try:
+        check_replaceable(path)
+    except YoloqError as e:
+        raise YoloqError(f"{flag} {e}") from None
     _writable_parent(path, flag)
 
 

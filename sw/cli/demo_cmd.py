@@ -16,7 +16,7 @@ from ..eval.coco import load_coco
 from ..intref.contract import LayerContract
 from ..intref.validate import HardwareFormat, validate
 from ..paths import data_file
-from ..quant.artifact import save_quantized
+from ..checkpoint.artifact import save_quantized
 from ..quant.model import QuantSpec, quantize_model
 
 

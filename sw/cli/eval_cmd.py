@@ -14,7 +14,9 @@ def add_parser(sub) -> None:
                                    "artifact) on a COCO root with YOLOv7 test.py conventions; mAP by pycocotools.")
     p.add_argument("--weights", required=True, help="checkpoint: official .pt, plain state_dict, or quantized artifact")
     p.add_argument("--cfg", help="architecture for a plain state_dict (built-in name); inferred when omitted")
-    p.add_argument("--json", metavar="OUT", help="write the result as JSON (precision, recall, map50, map50_95, images, seconds)")
+    p.add_argument("--json", metavar="OUT",
+                   help="write the result as JSON (precision, recall, map50, map50_95, images, skipped, seconds); "
+                        "unreadable or mis-sized images are skipped with a warning, more than 5%% fails")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_eval_args(p)
     add_data_arg(p)

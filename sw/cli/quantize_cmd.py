@@ -6,7 +6,7 @@ import time
 
 from ..atomic import write_json
 from ..checkpoint import load_model
-from ..quant.artifact import save_quantized
+from ..checkpoint.artifact import save_quantized
 from ..quant.model import quantize_model
 from ..quant.report import summary_table
 from .common import add_quant_args, check_output_file, spec_from_args

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_data_arg, add_eval_args, check_output_dir, coco_root, eval_kwargs
+from .common import add_data_arg, add_eval_args, check_output_dir, coco_root, eval_kwargs, float_in, int_in
 
 
 def add_parser(sub) -> None:
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--bits", default=DEFAULT_BITS, metavar="K",
                    help=f"fig4 only: bit widths k, a range '2-8', a list '4,6,8' or both '2-4,8' (default {DEFAULT_BITS})")
     p.add_argument("-o", "--output", required=True, metavar="RESULTS", help="results folder (created; reused to resume)")
-    p.add_argument("--workers", type=int, metavar="N",
+    p.add_argument("--workers", type=int_in(1, 1024), metavar="N",
                    help="configurations evaluated at once (default: CPU count); 1 runs them in this process; "
                         "each gets max(1, CPUs // N) torch threads")
     p.add_argument("--executor", choices=EXECUTORS, default="local",
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ray-address", metavar="ADDR",
                    help="ray: connect to this running cluster (its nodes need yoloq and the data at the same paths); "
                         "default: start a private local instance of --workers CPUs on 127.0.0.1")
-    p.add_argument("--gpus-per-config", type=float, metavar="G",
+    p.add_argument("--gpus-per-config", type=float_in(0.0, 64.0), metavar="G",
                    help="ray: GPUs each configuration asks for (default 1 if the cluster has GPUs, else 0). "
                         "Evaluation uses a GPU whenever the worker sees one")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .. import limits
 from ..errors import DataNotFoundError
 from .boxes import unletterbox
 from .coco_classes import COCO80_TO_91, COCO91_TO_80
@@ -27,6 +30,14 @@ from .nms import non_max_suppression
 
 ANNOTATIONS = "annotations/instances_val2017.json"
 IMAGES = "images/val2017"
+MAX_ANNOTATION_BYTES = 1 << 30
+# An evaluation fails when more than this fraction of its images had to be skipped (unreadable, too large,
+# or inconsistent with their annotation): a few bad files are reported, a broken dataset is an error.
+MAX_SKIPPED_FRACTION = 0.05
+
+
+def warn(message: str) -> None:
+    tqdm.write(f"yoloq: warning: {message}", file=sys.stderr)
 
 
 @dataclass
@@ -38,25 +49,72 @@ class CocoSubset:
     paths: dict[int, Path]
     sizes: dict[int, tuple[int, int]]                          # image id -> (h, w)
     targets: dict[int, tuple[torch.Tensor, torch.Tensor]]      # image id -> (xyxy boxes, class 0..79), no crowd
+    gt: dict = field(default_factory=dict)                      # the cleaned instances file pycocotools scores
+    skipped: dict[int | str, str] = field(default_factory=dict)  # image id -> why it was left out
 
     @property
     def image_ids(self) -> list[int]:
         return sorted(self.paths)
 
 
+def _int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_image(im) -> str | None:
+    """Why an ``images`` entry cannot be used, or None."""
+    if not isinstance(im, dict) or not _int(im.get("id")):
+        return "entry without an integer id"
+    name = im.get("file_name")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        return "file_name is not a plain file name"
+    h, w = im.get("height"), im.get("width")
+    if not (_int(h) and _int(w) and h > 0 and w > 0 and h * w <= limits.MAX_IMAGE_PIXELS):
+        return f"height/width not positive integers within {limits.MAX_IMAGE_PIXELS} pixels"
+    return None
+
+
+def _box(a) -> tuple[float, float, float, float] | None:
+    bbox = a.get("bbox")
+    if isinstance(bbox, list) and len(bbox) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        return tuple(float(v) for v in bbox)
+    return None
+
+
 def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
-    """Read ``annotations/instances_val2017.json`` and ``images/val2017/`` under ``root``."""
+    """Read ``annotations/instances_val2017.json`` and ``images/val2017/`` under ``root``.
+
+    Image entries or annotations that are malformed (no integer id, no usable bbox, a non-positive size) are
+    left out with a warning and counted in ``skipped``; the annotation file as a whole must be COCO-shaped."""
     root = Path(root)
     ann_file, img_dir = root / ANNOTATIONS, root / IMAGES
     for p, what in ((ann_file, "COCO annotation file"), (img_dir, "COCO image folder")):
         if not p.exists():
             raise DataNotFoundError(f"{what} missing: {p} (expected the standard COCO layout under {root})")
+    if not ann_file.is_file():
+        raise DataNotFoundError(f"{ann_file}: COCO annotation file is not a regular file")
+    if ann_file.stat().st_size > MAX_ANNOTATION_BYTES:
+        raise DataNotFoundError(f"{ann_file}: larger than {MAX_ANNOTATION_BYTES >> 20} MiB")
     try:
-        data = json.loads(ann_file.read_text())
-        images = {im["id"]: im for im in data["images"]}
-        annotations = data["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DataNotFoundError(f"{ann_file}: not a COCO instances file ({e})") from e
+        data = json.loads(ann_file.read_bytes())
+        raw_images, annotations = data["images"], data["annotations"]
+        if not isinstance(raw_images, list) or not isinstance(annotations, list):
+            raise TypeError("images and annotations must be lists")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError) as e:
+        raise DataNotFoundError(f"{ann_file}: not a COCO instances file ({type(e).__name__}: {str(e)[:80]})") from None
+    skipped: dict = {}
+    images = {}
+    for n, im in enumerate(raw_images):
+        reason = _check_image(im)
+        if reason is None and im["id"] in images:
+            reason = "duplicate id"
+        if reason is not None:
+            key = im["id"] if isinstance(im, dict) and _int(im.get("id")) else f"images[{n}]"
+            skipped[key] = reason
+            warn(f"{ann_file}: image {key}: {reason}; skipped")
+            continue
+        images[im["id"]] = im
     paths, sizes = {}, {}
     for image_id in sorted(images):
         p = img_dir / images[image_id]["file_name"]
@@ -68,16 +126,33 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
     if not paths:
         raise DataNotFoundError(f"no images of {ann_file.name} found in {img_dir}")
     boxes: dict[int, list] = {i: [] for i in paths}
+    gt_anns, bad_anns = [], 0
     for a in annotations:
-        if a["image_id"] in boxes and not a.get("iscrowd", 0) and a["category_id"] in COCO91_TO_80:
-            x, y, w, h = a["bbox"]
-            if w > 0 and h > 0:
-                boxes[a["image_id"]].append((x, y, x + w, y + h, COCO91_TO_80[a["category_id"]]))
+        box = _box(a) if isinstance(a, dict) else None
+        if box is None or not _int(a.get("image_id")) or not _int(a.get("category_id")):
+            bad_anns += 1
+            continue
+        if a["image_id"] not in boxes:
+            continue
+        iscrowd = 1 if a.get("iscrowd") else 0
+        area = a.get("area")
+        area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area) \
+            else box[2] * box[3]
+        gt_anns.append({"id": len(gt_anns) + 1, "image_id": a["image_id"], "category_id": a["category_id"],
+                        "bbox": list(box), "area": area, "iscrowd": iscrowd})
+        x, y, w, h = box
+        if not iscrowd and a["category_id"] in COCO91_TO_80 and w > 0 and h > 0:
+            boxes[a["image_id"]].append((x, y, x + w, y + h, COCO91_TO_80[a["category_id"]]))
+    if bad_anns:
+        warn(f"{ann_file}: {bad_anns} annotations without an integer image/category id or a finite "
+             "[x, y, w, h] bbox; ignored")
     targets = {}
     for i, rows in boxes.items():
         t = torch.tensor(rows, dtype=torch.float64).view(-1, 5)
         targets[i] = (t[:, :4], t[:, 4])
-    return CocoSubset(root, ann_file, paths, sizes, targets)
+    gt = {"images": [{"id": i, "height": sizes[i][0], "width": sizes[i][1]} for i in paths],
+          "annotations": gt_anns, "categories": [{"id": c} for c in sorted(COCO91_TO_80)]}
+    return CocoSubset(root, ann_file, paths, sizes, targets, gt, skipped)
 
 
 def detect(predict: Callable[[torch.Tensor], torch.Tensor], coco: CocoSubset, *, img_size: int = 640,
@@ -86,16 +161,27 @@ def detect(predict: Callable[[torch.Tensor], torch.Tensor], coco: CocoSubset, *,
     """Detections per image id, [n, 6] (x1, y1, x2, y2, score, class) in original-image pixels."""
     batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], img_size, stride, batch_size)
     results = {}
+    dropped = 0
     bar = tqdm(total=len(coco.paths), desc=desc, unit="img", disable=not progress, leave=False)
     with torch.inference_mode():
-        for images, items in prefetch_batches(batches, coco.paths, img_size, stride):
+        for images, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
+                                              skipped=coco.skipped):
             pred = predict(images.float() / 255.0)
+            finite = torch.isfinite(pred).all(dim=-1, keepdim=True)
+            if not bool(finite.all()):  # never scored: zero rows fall below any score threshold
+                dropped += int((~finite).sum())
+                pred = torch.where(finite, pred, torch.zeros((), dtype=pred.dtype))
             for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
                 det = det.double()
                 det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
                 results[it.image_id] = det
             bar.update(len(items))
     bar.close()
+    if dropped:
+        warn(f"{desc}: {dropped} predictions with NaN or infinite values were dropped, not scored")
+    for image_id, reason in coco.skipped.items():
+        if isinstance(image_id, int) and image_id in coco.paths:
+            warn(f"{reason}; skipped")
     return results
 
 
@@ -112,7 +198,9 @@ def _coco_map(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> tuple[fl
     if not records:
         return 0.0, 0.0
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want
-        gt = COCO(str(coco.annotation_file))
+        gt = COCO()
+        gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
+        gt.createIndex()
         dt = gt.loadRes(records)
         ev = COCOeval(gt, dt, "bbox")
         ev.params.imgIds = sorted(detections)
@@ -140,8 +228,13 @@ def evaluate(predict, coco: CocoSubset, **kwargs) -> dict:
     """Detect and score; adds ``images`` and ``seconds`` (wall time of both)."""
     t0 = time.perf_counter()
     detections = detect(predict, coco, **kwargs)
+    skipped = len(coco.skipped)
+    total = len(detections) + skipped
+    if not detections or skipped > MAX_SKIPPED_FRACTION * total:
+        raise DataNotFoundError(f"{coco.root}: {skipped} of {total} images skipped (unreadable or inconsistent; "
+                                f"at most {MAX_SKIPPED_FRACTION:.0%} may be); see the warnings above")
     result = score(coco, detections)
-    result.update(images=len(detections), seconds=round(time.perf_counter() - t0, 2))
+    result.update(images=len(detections), skipped=skipped, seconds=round(time.perf_counter() - t0, 2))
     return result
 
 

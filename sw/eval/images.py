@@ -8,6 +8,9 @@ Images of equal padded shape are batched together, so batching never adds paddin
 from __future__ import annotations
 
 import math
+import struct
+import warnings
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +19,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import limits
 from ..errors import DataNotFoundError
 
 PAD_VALUE = 114
+# yoloq checks sizes itself (limits.MAX_IMAGE_PIXELS, below PIL's threshold) before decoding.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class ImageSkipped(DataNotFoundError):
+    """An image that cannot be used (unreadable, too large, or not the size its annotation says)."""
 
 
 @dataclass
@@ -40,17 +50,50 @@ def letterbox_shape(orig_hw: tuple[int, int], img_size: int, stride: int) -> tup
     return (h, w), (math.ceil(h / stride) * stride, math.ceil(w / stride) * stride)
 
 
-def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int) -> Letterboxed:
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, MemoryError,
+                  Image.DecompressionBombError)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open an image file for its header; a FIFO or device (which would block or never end) is refused."""
+    if not Path(path).is_file():
+        raise ImageSkipped(f"image {path}: not a regular file")
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        im = Image.open(path)
+    except _DECODE_ERRORS as e:
+        raise ImageSkipped(f"cannot read image {path}: {type(e).__name__}: {str(e)[:100]}") from None
+    w0, h0 = im.size
+    if w0 < 1 or h0 < 1 or w0 * h0 > limits.MAX_IMAGE_PIXELS:
+        im.close()
+        raise ImageSkipped(f"image {path}: {w0} x {h0} pixels (at most {limits.MAX_IMAGE_PIXELS} accepted)")
+    return im
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(h, w) of an image from its header, checked against the limit, without decoding it."""
+    with _open(path) as im:
+        return im.size[1], im.size[0]
+
+
+def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int,
+                     expected_hw: tuple[int, int] | None = None) -> Letterboxed:
+    """Decode and letterbox one image; :class:`ImageSkipped` if it is unreadable, larger than the limit, or
+    (with ``expected_hw``) not the size its annotation gives, all checked from the header before decoding."""
+    try:
+        with _open(path) as im:
             w0, h0 = im.size
+            if expected_hw is not None and (h0, w0) != tuple(expected_hw):
+                raise ImageSkipped(f"image {path}: {w0} x {h0} pixels, the annotation says "
+                                   f"{expected_hw[1]} x {expected_hw[0]}")
+            im = im.convert("RGB")
             (h, w), (H, W) = letterbox_shape((h0, w0), img_size, stride)
             if (h, w) != (h0, w0):
                 im = im.resize((w, h), Image.Resampling.BOX if h < h0 else Image.Resampling.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except OSError as e:
-        raise DataNotFoundError(f"cannot read image {path}: {e}") from e
+    except ImageSkipped:
+        raise
+    except _DECODE_ERRORS as e:
+        raise ImageSkipped(f"cannot read image {path}: {type(e).__name__}: {str(e)[:100]}") from None
     dw, dh = (W - w) / 2, (H - h) / 2
     top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
     out = np.full((H, W, 3), PAD_VALUE, dtype=np.uint8)
@@ -70,14 +113,26 @@ def shape_batches(items: list[tuple[int, tuple[int, int]]], img_size: int, strid
     return batches
 
 
-def prefetch_batches(batches, paths: dict[int, Path], img_size: int, stride: int, workers: int = 2):
-    """Yield (uint8 NCHW tensor, [Letterboxed]) per batch, decoding the next batch while the model runs."""
+def prefetch_batches(batches, paths: dict[int, Path], img_size: int, stride: int, workers: int = 2,
+                     sizes: dict[int, tuple[int, int]] | None = None, skipped: dict[int, str] | None = None):
+    """Yield (uint8 NCHW tensor, [Letterboxed]) per batch, decoding the next batch while the model runs.
+
+    With ``skipped``, an image that cannot be used is recorded there (id -> reason) and left out of its
+    batch instead of stopping the run; ``sizes`` (id -> annotated (h, w)) are then enforced."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(ids):
-            return [pool.submit(load_letterboxed, paths[i], i, img_size, stride) for i in ids]
+            return [pool.submit(load_letterboxed, paths[i], i, img_size, stride, sizes and sizes[i]) for i in ids]
 
         pending = submit(batches[0]) if batches else None
         for k in range(len(batches)):
-            items = [f.result() for f in pending]
+            items = []
+            for image_id, f in zip(batches[k], pending):
+                try:
+                    items.append(f.result())
+                except ImageSkipped as e:
+                    if skipped is None:
+                        raise
+                    skipped[image_id] = str(e)
             pending = submit(batches[k + 1]) if k + 1 < len(batches) else None
-            yield torch.from_numpy(np.stack([it.array for it in items])), items
+            if items:
+                yield torch.from_numpy(np.stack([it.array for it in items])), items

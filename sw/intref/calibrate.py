@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..errors import DataNotFoundError
 from .contract import ActQuant
-from ..eval.images import prefetch_batches, shape_batches
+from ..eval.images import image_size, prefetch_batches, shape_batches
 
 CLIP_FRACTIONS = torch.linspace(0.05, 1.0, 64, dtype=torch.float64)
 SAMPLES_PER_BATCH = 1 << 14
@@ -32,9 +31,7 @@ def calibration_images(folder: str | Path, limit: int) -> tuple[dict[int, Path],
         raise DataNotFoundError(f"no calibration images (*.jpg) in {folder}")
     paths, sizes = {}, {}
     for i, f in enumerate(files):
-        with Image.open(f) as im:
-            w, h = im.size
-        paths[i], sizes[i] = f, (h, w)
+        paths[i], sizes[i] = f, image_size(f)
     return paths, sizes
 
 

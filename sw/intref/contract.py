@@ -67,8 +67,8 @@ def interval_product(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
 def scale_shift(scales: torch.Tensor, scale_bits: int) -> int:
     """Largest E such that round(s * 2^E) fits an unsigned ``scale_bits`` mantissa for every scale s."""
     s_max = float(scales.max())
-    if not (s_max > 0 and math.isfinite(s_max)):
-        raise QuantizationError(f"scales must be finite and positive, max is {s_max}")
+    if not (2.0 ** -64 <= s_max <= 2.0 ** 64):  # also keeps 2^E a finite double (a subnormal needs E > 1000)
+        raise QuantizationError(f"scales must be finite, from 2^-64 to 2^64; the largest is {s_max}")
     e = scale_bits - math.floor(math.log2(s_max)) - 1
     while round(s_max * 2.0 ** (e + 1)) <= (1 << scale_bits) - 1:  # float log2 may be off by one
         e += 1
@@ -259,7 +259,22 @@ class LayerContract:
         zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
         _, c, kh, kw = qt.shape
         fmt = ContractFormat(qt.bits, qt.region is not None, act_bits, scale_bits, zw, c * kh * kw)
-        return cls(name, qt.shape, qt.granularity, fmt, e, scale_int, qt.zero_point.clone(), qt.codes, qt.region)
+        contract = cls(name, qt.shape, qt.granularity, fmt, e, scale_int, qt.zero_point.clone(), qt.codes, qt.region)
+        contract.check_fields()
+        return contract
+
+    def check_fields(self) -> None:
+        """Every stored integer fits the field the hardware gives it; a value that does not is refused here,
+        never truncated into a memory word."""
+        f = self.fmt
+        used_zp = self.zero_point[:, 1] if f.pwlq else self.zero_point[:, 0]
+        for what, values, (lo, hi) in (("weight codes", self.codes, (-(1 << (f.weight_bits - 1)),
+                                                                     (1 << (f.weight_bits - 1)) - 1)),
+                                       ("scale mantissas", self.scale_int, f.scale_range),
+                                       ("zero-points", used_zp, f.zero_point_range)):
+            if values.numel() and (int(values.min()) < lo or int(values.max()) > hi):
+                raise QuantizationError(f"{self.name}: {what} {int(values.min())}..{int(values.max())} do not fit "
+                                        f"their field ({lo}..{hi})")
 
     @property
     def num_groups(self) -> int:

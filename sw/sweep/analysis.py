@@ -9,10 +9,7 @@ counts as loss 0, so the ratio never exceeds the saving and never divides by zer
 from __future__ import annotations
 
 from .plan import Config
-from .store import OK
-
-METRICS = ("precision", "recall", "map50", "map50_95")
-QUANT = ("saving_paper", "saving_storage", "mse")
+from .store import METRICS, OK, QUANT
 
 
 def loss_pp(map50: float | None, baseline_map50: float | None) -> float | None:

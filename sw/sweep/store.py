@@ -16,12 +16,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import SweepError
 
 OK, FAILED = "ok", "failed"
+METRICS = ("precision", "recall", "map50", "map50_95")   # numbers an ok record's "metrics" holds
+QUANT = ("saving_paper", "saving_storage", "mse")        # numbers an ok record's "quant" holds
+
+
+def _number(v) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def check_record(record, key: str) -> str | None:
+    """Why ``record`` is not a result record of ``key`` (a hand-edited or foreign file), or None."""
+    if not isinstance(record, dict) or record.get("key") != key or record.get("status") not in (OK, FAILED):
+        return f"not a result record of {key!r} (key, status ok/failed)"
+    if record["status"] == OK:
+        for part, fields in (("metrics", METRICS), ("quant", QUANT)):
+            values = record.get(part)
+            if not isinstance(values, dict) or not all(_number(values.get(f, "missing")) for f in fields):
+                return f"its {part} lack finite numbers for {', '.join(fields)}"
+        if not isinstance(record["quant"].get("granularity_counts", {}), dict):
+            return "its quant granularity_counts is not a dict"
+    return None
 SETTINGS_FILE = "sweep.json"
 RUNS_DIR = "runs"
 # Settings that decide the numbers. Paths are left out: the same files moved elsewhere are the same sweep.
@@ -60,11 +81,16 @@ class ResultStore:
         """The record of ``key``, or None if it has none. Every file here was written whole (atomic rename)."""
         path = self.run_path(key)
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except json.JSONDecodeError as e:  # only a hand-edited file can be broken
-            raise SweepError(f"{path}: not a result record ({e}); delete it to recompute that configuration") from e
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # only a hand-edited file can be broken
+            raise SweepError(f"{path}: not a result record ({type(e).__name__}); delete it to recompute that "
+                             "configuration") from None
+        problem = check_record(record, key)
+        if problem:
+            raise SweepError(f"{path}: {problem}; delete it to recompute that configuration")
+        return record
 
     def finished(self, keys: list[str]) -> set[str]:
         """Those of ``keys`` whose result is already there with status ok."""
@@ -79,7 +105,13 @@ class ResultStore:
         """Bind the folder to ``settings``; refuse if it holds results of a sweep on other data or weights."""
         path = self.root / SETTINGS_FILE
         if path.exists():
-            old = json.loads(path.read_text())
+            try:
+                old = json.loads(path.read_text())
+                if not isinstance(old, dict):
+                    raise TypeError("not a JSON object")
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, TypeError) as e:
+                raise SweepError(f"{path}: not a sweep settings file ({type(e).__name__}); pass another -o "
+                                 "folder or delete this one") from None
             differ = [f for f in IDENTITY_FIELDS if old.get(f) != settings.get(f)]
             if differ:
                 detail = "; ".join(f"{f}: was {old.get(f)!r}, now {settings.get(f)!r}" for f in differ)
