@@ -12,7 +12,7 @@ import torch
 from sw.checkpoint import load_model
 from sw.cli import main
 from sw.errors import CheckpointError, QuantizationError
-from sw.quant.accounting import FP16_BITS, SHIFT_BITS, quantized_storage, savings, signed_width
+from sw.quant.accounting import FP16_BITS, SHIFT_BITS, quantized_storage, savings, scale_shift, signed_width
 from sw.quant.artifact import load_quantized, save_quantized
 from sw.quant.model import QuantSpec, quantize_model
 from sw.quant.quantizer import quantize_tensor
@@ -79,8 +79,12 @@ def test_storage_accounting_hand_example():
     assert (st.code_bits, st.region_bits, st.param_bits) == (432, 0, 4 * 20 + SHIFT_BITS)
     pw = quantize_tensor(w, "pwlq", 4, "filter")
     st = quantized_storage(pw, scale_bits=16)
-    zw = signed_width(pw.zero_point[:, 1])
-    assert (st.code_bits, st.region_bits, st.param_bits) == (432, 108, 4 * (16 + 16 + zw) + SHIFT_BITS)
+    # PWLQ: two 16-bit scales and the breakpoint P = round(p 2^E) at the scales' shift, at its unsigned width:
+    # p is 7.5 centre steps (k = 4), so P needs about 16 + 3 bits
+    big_p = torch.round(pw.breakpoint * 2.0 ** scale_shift(pw.scale, 16))
+    bw = int(big_p.max()).bit_length()
+    assert 16 < bw <= 20
+    assert (st.code_bits, st.region_bits, st.param_bits) == (432, 108, 4 * (16 + 16 + bw) + SHIFT_BITS)
     tot = savings([st])
     assert tot["saving_paper"] == pytest.approx(108 * 16 / (432 + st.param_bits))
     assert tot["saving_storage"] == pytest.approx(108 * 16 / (432 + 108 + st.param_bits))

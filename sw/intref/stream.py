@@ -146,15 +146,19 @@ class StreamLayout:
         return np.where(idx < 0, 0, np.take(columns, np.maximum(idx, 0), axis=-1))
 
     def param_memory(self) -> list[dict]:
-        """Parameter memory contents: per word, scale and zero-point of each region (and each lane in lane mode)."""
-        s, z = self.contract.scale_int.tolist(), self.contract.zero_point.tolist()
+        """Parameter memory contents: per word, scale and zero-point of each region and (PWLQ) the breakpoint,
+        for one group (group mode) or each lane's group (lane mode)."""
+        c = self.contract
+        s, z = c.scale_int.tolist(), c.zero_point.tolist()
+        b = c.breakpoint.tolist() if c.fmt.pwlq else [0] * len(s)
         if self.mode == "group":
-            return [{"scale": s[g], "zero_point": z[g]} for g in range(self.param_words)]
+            return [{"scale": s[g], "zero_point": z[g], "breakpoint": b[g]} for g in range(self.param_words)]
         words = []
         for w in range(self.param_words):
             groups = [w * self.lanes + lane for lane in range(self.lanes)]
             words.append({"scale": [s[g] if g < len(s) else [0] * len(s[0]) for g in groups],
-                          "zero_point": [z[g] if g < len(z) else [0] * len(z[0]) for g in groups]})
+                          "zero_point": [z[g] if g < len(z) else [0] * len(z[0]) for g in groups],
+                          "breakpoint": [b[g] if g < len(b) else 0 for g in groups]})
         return words
 
 
@@ -167,20 +171,19 @@ def im2col(x_int: torch.Tensor, contract: LayerContract, stride: int, padding: i
 
 
 def _split(code: np.ndarray, tail: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sign, u): a tail code's top bit and sign-extended low k-1 bits; (+1, code) elsewhere."""
+    """(sign, u): a tail code's top bit and low k-1 bits (j, unsigned); (+1, code) elsewhere."""
     if tail is None:
         return np.ones_like(code), code
-    low = np.mod(code, 1 << (k - 1))
-    u_tail = np.where(low >= 1 << (k - 2), low - (1 << (k - 1)), low)
     negative = (code < 0) & (tail == 1)
-    return np.where(negative, -1, 1), np.where(tail == 1, u_tail, code)
+    return np.where(negative, -1, 1), np.where(tail == 1, np.mod(code, 1 << (k - 1)), code)
 
 
 def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> np.ndarray:
     """The PE's accumulators for ``acts`` [positions, beats, L] of one output channel, by beat arithmetic.
 
     Group mode: per beat and region r, P_r = sum sgn u x and X_r = sum sgn x over the lanes in r, then
-    acc += S_r (P_r - z_r X_r). Lane mode: the same per lane, then summed. int64 throughout.
+    acc += S_r (P_r - z_r X_r) + B_r X_r (B: PWLQ tails' breakpoint, else 0). Lane mode: the same per lane,
+    then summed. int64 throughout.
     """
     c = layout.contract
     wb = layout.weight_beats(out_channel)
@@ -188,6 +191,9 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
     sign, u = _split(wb["code"], tail, c.fmt.weight_bits)
     region = np.zeros_like(u) if tail is None else tail
     scale, zp = c.scale_int.numpy(), c.zero_point.numpy()
+    offset = np.zeros_like(scale)                      # B per group and region
+    if c.fmt.pwlq:
+        offset[:, 1] = c.breakpoint.numpy()
     prod = sign[None] * u[None] * acts                 # [P, beats, L]
     xs = sign[None] * acts
     if layout.mode == "group":
@@ -197,8 +203,8 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
             in_r = (region == r)[None]
             p_r = (prod * in_r).sum(-1)                 # [P, beats]
             x_r = (xs * in_r).sum(-1)
-            acc += ((p_r - zp[addr, r][None] * x_r) * scale[addr, r][None]).sum(-1)
+            acc += ((p_r - zp[addr, r][None] * x_r) * scale[addr, r][None] + offset[addr, r][None] * x_r).sum(-1)
         return acc
     groups = np.where(layout.lane_element < 0, 0, layout.lane_element)
-    s_lane, z_lane = scale[groups, region], zp[groups, region]
-    return ((prod - z_lane[None] * xs) * s_lane[None]).sum((-1, -2))
+    s_lane, z_lane, b_lane = scale[groups, region], zp[groups, region], offset[groups, region]
+    return ((prod - z_lane[None] * xs) * s_lane[None] + b_lane[None] * xs).sum((-1, -2))

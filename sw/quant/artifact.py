@@ -5,7 +5,8 @@ Layout (a zip; every array is ``.npy`` read with ``allow_pickle=False``):
 - ``yoloq.json``: ``format`` ("yoloq.quantized"), ``version``, the quantization spec, the deploy-form model
   config and class names, and one entry per conv (shape, method, bits, granularity, error);
 - ``quant/<layer>/codes.npy`` (int8), ``region.npy`` (bool, PWLQ only), ``scale.npy`` (float64 [G, R]),
-  ``zero_point.npy`` (int64 [G, R]): exactly what :class:`~sw.quant.record.QuantizedTensor` holds;
+  ``zero_point.npy`` (int64 [G, R]), ``breakpoint.npy`` (float64 [G, 1], PWLQ only): exactly what
+  :class:`~sw.quant.record.QuantizedTensor` holds;
 - ``float/<name>.npy``: every other tensor of the model (BN, biases, anchors, weights left in FP16).
 
 Loading rebuilds the architecture from the config, checks every array against the layer it claims to
@@ -31,7 +32,7 @@ from .model import LayerResult, QuantizedModel, QuantSpec
 from .record import METHODS, QuantizedTensor, dequantize
 
 FORMAT = "yoloq.quantized"
-VERSION = 1
+VERSION = 2  # 2: PWLQ tails anchored at a stored breakpoint (version 1 had tail zero-points)
 MANIFEST = "yoloq.json"
 
 
@@ -74,6 +75,7 @@ def save_quantized(qm: QuantizedModel, path: str | os.PathLike, source: str | No
             zf.writestr(f"quant/{name}/zero_point.npy", _npy(qt.zero_point.numpy()))
             if qt.region is not None:
                 zf.writestr(f"quant/{name}/region.npy", _npy(qt.region.numpy()))
+                zf.writestr(f"quant/{name}/breakpoint.npy", _npy(qt.breakpoint.numpy()))
 
 
 class _Reader:
@@ -109,8 +111,13 @@ def _read_record(r: _Reader, entry: dict) -> QuantizedTensor:
     if not torch.isfinite(scale).all() or (scale <= 0).any():
         raise CheckpointError(f"{r.source}: layer {name}: scales must be finite and positive")
     zero_point = r.array(f"quant/{name}/zero_point.npy", np.int64, (groups, regions))
-    region = r.array(f"quant/{name}/region.npy", np.bool_, shape) if method == "pwlq" else None
-    return QuantizedTensor(shape, method, bits, gran, codes, region, scale, zero_point)
+    region = breakpoint = None
+    if method == "pwlq":
+        region = r.array(f"quant/{name}/region.npy", np.bool_, shape)
+        breakpoint = r.array(f"quant/{name}/breakpoint.npy", np.float64, (groups, 1))
+        if not torch.isfinite(breakpoint).all() or (breakpoint < 0).any():
+            raise CheckpointError(f"{r.source}: layer {name}: breakpoints must be finite and non-negative")
+    return QuantizedTensor(shape, method, bits, gran, codes, region, scale, zero_point, breakpoint)
 
 
 def load_quantized(path: str | os.PathLike):
