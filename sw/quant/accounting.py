@@ -9,8 +9,8 @@ Against it a quantized layer stores:
   scale width) and, where the method has one, the integer zero-point at its declared width (k bits for
   affine);
 - PWLQ, per group: the breakpoint p, stored as the integer P = round(p 2^E) at the scales' shift E, at the
-  unsigned width its layer needs (:func:`breakpoint_width`; about F + k - 1 bits, since p is ~2^(k-1) centre
-  steps);
+  unsigned width its layer needs (:func:`breakpoint_width`; up to about F + k - 1 bits, since p is ~2^(k-1)
+  centre steps);
 - per layer: the scale's shift exponent (8 bits);
 - weights left in FP16 by policy (e.g. channel-wise 1x1 convs, as in the paper): 16 bits each.
 
