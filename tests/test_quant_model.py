@@ -44,20 +44,25 @@ def test_bn_is_never_quantized(yolov5n, pwlq_mix3):
     assert orig and all(torch.equal(quant[k], v) for k, v in orig.items())
 
 
-def test_mix4_leaves_channelwise_1x1_in_fp16_and_counts_it(yolov5n):
+def test_mix4_offers_channelwise_only_where_channels_hold_several_weights(yolov5n):
     qm = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4"), progress=False)
-    one_by_one = [r for r in qm.layers.values() if r.shape[2] * r.shape[3] == 1]
+    for r in qm.layers.values():
+        several = r.shape[2] * r.shape[3] > 1
+        assert set(r.candidates) == ({"filter", "channel", "fshape", "cshape"} if several else
+                                     {"filter", "fshape", "cshape"})
+        assert r.qt is not None and r.granularity == min(r.candidates, key=r.candidates.get)
+    assert qm.totals()["saving_paper"] > 2.5  # no layer left in FP16 (the paper's mix of 4: 2.91x)
+    # single-granularity channel-wise keeps the paper's policy: 1x1 convs in FP16, counted at 16 bits
+    ch = quantize_model(yolov5n, QuantSpec("affine", 4, "channel"), progress=False)
+    one_by_one = [r for r in ch.layers.values() if r.shape[2] * r.shape[3] == 1]
     assert one_by_one and all(r.granularity == "fp16" and r.qt is None for r in one_by_one)
     assert all(r.storage.fp16_bits == FP16_BITS * r.storage.weights for r in one_by_one)
-    quantized = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4", channel_1x1="quantize"), progress=False)
-    assert all(r.qt is not None for r in quantized.layers.values())
-    assert quantized.totals()["saving_storage"] < 2.0  # one-weight groups: a scale per weight costs more than FP16
 
 
 def test_rate_aware_mix_trades_error_for_storage(yolov5n):
     plain = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4"), progress=False).totals()
     rate = quantize_model(yolov5n, QuantSpec("affine", 4, "mix4", rate_lambda=0.05), progress=False).totals()
-    assert rate["saving_storage"] > plain["saving_storage"] + 1.0
+    assert rate["saving_storage"] > plain["saving_storage"] + 0.1
     assert rate["mse"] > plain["mse"]
 
 
