@@ -207,8 +207,9 @@ class ProcessingElement(wiring.Component):
         return b
 
     def _offset(self, reg, b, x, name):
-        """B X, registered: ``x`` (the narrow activation sum) selects the partial products."""
-        bx, stages = multiply(reg, b, x, name, self.cfg.levels)
+        """B X, registered; the partial products are selected as :attr:`PEConfig.offset_selector_bits` says."""
+        a, sel = (x, b) if self.cfg.mode == "group" else (b, x)
+        bx, stages = multiply(reg, a, sel, name, self.cfg.levels)
         assert stages + 1 == self.cfg.zero_point_stages, "B X must fill the zero-point slot exactly"
         return reg(bx, name)
 
