@@ -82,7 +82,8 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
-        ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
+        ``zero_point_off_by_one`` uses z + 1 (PWLQ, which has no zero-point: B + 1); ``dropped_carry`` loses the
+        accumulator's carry out of bit 15."""
         if fault is not None and fault not in self.FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
