@@ -64,7 +64,8 @@ class PEConfig:
         f, g = layout.contract.fmt, self.fmt
         same = (f.weight_bits, f.pwlq, f.act_bits, f.scale_bits) == (g.weight_bits, g.pwlq, g.act_bits, g.scale_bits)
         if not same or layout.mode != self.mode or layout.lanes != self.lanes or f.zero_point_bits > g.zero_point_bits \
-                or f.acc_bits > g.acc_bits or layout.param_words > self.param_words:
+                or f.breakpoint_bits > g.breakpoint_bits or f.acc_bits > g.acc_bits \
+                or layout.param_words > self.param_words:
             raise ValueError(f"{layout.contract.name} ({f}, {layout.mode}, {layout.param_words} words) does not fit "
                              f"the PE ({g}, {self.mode}, {self.param_words} words)")
 
@@ -104,8 +105,16 @@ class PEConfig:
         return struct_layout(self.stream.fields)
 
     @property
+    def offset_selector_bits(self) -> int:
+        """Width of the operand that selects the partial products of B X: in group mode the breakpoint B
+        itself (unsigned: plain AND partial products, no negated top term whose carry chain would meet the
+        wide X's fan-out in one cycle), in lane mode the lane's sgn x (A + 1 bits: fewer partial products
+        in each of the L per-lane multipliers)."""
+        return self.fmt.breakpoint_bits if self.mode == "group" else self.fmt.act_bits + 1
+
+    @property
     def group_word_layout(self) -> data.StructLayout:
-        """Parameters of one group: a scale per region and the one stored zero-point (affine, PWLQ tail)."""
+        """Parameters of one group: a scale per region and the stored zero-point (affine) or breakpoint (PWLQ)."""
         return struct_layout(self.param_format.group_fields)
 
     @property
@@ -120,6 +129,10 @@ class PEConfig:
     def zero_point_of(self, word, region: int):
         """The zero-point a region uses, or None where it is fixed at 0 (symmetric; PWLQ centre)."""
         return word.zero_point if self.param_format.uses_zero_point(region) else None
+
+    def breakpoint_of(self, word, region: int):
+        """The breakpoint B a region adds (``sgn B x``), or None where it is 0 (all but PWLQ tails)."""
+        return word.breakpoint if self.param_format.uses_breakpoint(region) else None
 
     def param_init(self, layout: StreamLayout) -> list[int]:
         """Parameter memory contents (packed words) that run ``layout`` on this PE."""
@@ -137,7 +150,15 @@ class PEConfig:
 
     @property
     def zero_point_stages(self) -> int:
+        """The slot before the scale: T = P - z X (affine), or B X (PWLQ tails, added after the scale)."""
+        if self.fmt.breakpoint_bits:
+            return multiply_stages(self.offset_selector_bits, self.levels) + 1
         return multiply_stages(self.fmt.zero_point_bits, self.levels) + 2 if self.fmt.zero_point_bits else 0
+
+    @property
+    def offset_stages(self) -> int:
+        """PWLQ: one more register, where the tails' B X joins S_t P (a two-input adder, not three)."""
+        return 1 if self.fmt.breakpoint_bits else 0
 
     @property
     def scale_stages(self) -> int:
@@ -146,7 +167,8 @@ class PEConfig:
     @property
     def latency(self) -> int:
         """Cycles from accepting a dot product's last beat to its result on ``results``."""
-        core = 2 + self.product_stages + self.lane_sum_stages + self.zero_point_stages + self.scale_stages
+        core = 2 + self.product_stages + self.lane_sum_stages + self.zero_point_stages + self.scale_stages \
+            + self.offset_stages
         # group mode registers the beat sum; then the running sum, its end/begin snapshots, their difference
         return core + (1 if self.mode == "group" else 0) + 3 + QUEUE_LATENCY
 

@@ -10,11 +10,13 @@ accepted only while the FIFO has room for every result already in flight (credit
 therefore need no clock enable, and no ready signal fans out across the datapath, which is what limits
 the clock of a stall-based pipeline.
 
-1. decode: per lane, the value ``u`` (PWLQ tails: the low k-1 bits, sign-extended) and the sign ``sgn``
+1. decode: per lane, the value ``u`` (PWLQ tails: j, the low k-1 bits, unsigned) and the sign ``sgn``
    (a tail code's top bit); then the narrow product ``sgn u x`` (k x A bits) and ``sgn x``.
 2. group mode: per region r, lane sums P_r = sum sgn u x and X_r = sum sgn x (pipelined adder trees);
    lane mode: kept per lane.
-3. zero-point: T = P - z X, once per beat and region (group mode) or per lane (lane mode).
+3. zero-point: T = P - z X, once per beat and region (group mode) or per lane (lane mode); PWLQ tails
+   instead compute the breakpoint term B X here (B = round(p 2^E), the tails' offset), added to S_t T in
+   one extra stage after the scale.
 4. scale: S T with the F-bit mantissa, once per beat and region (group mode) or per lane, then summed.
 5. accumulate; on the last beat of a dot product the sum goes out on ``results``.
 
@@ -80,7 +82,8 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
-        ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
+        ``zero_point_off_by_one`` uses z + 1 (PWLQ, which has no zero-point: B + 1); ``dropped_carry`` loses the
+        accumulator's carry out of bit 15."""
         if fault is not None and fault not in self.FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
@@ -137,7 +140,7 @@ class ProcessingElement(wiring.Component):
             code, act = beat.code[lane], beat.act[lane]
             if cfg.fmt.pwlq:
                 tail = beat.tail[lane]
-                u = Mux(tail, code[:cfg.fmt.weight_bits - 1].as_signed(), code)
+                u = Mux(tail, code[:cfg.fmt.weight_bits - 1].as_unsigned(), code)  # tails: j, unsigned
                 negative = tail & code[cfg.fmt.weight_bits - 1]
                 lanes.append({"u": reg(Mux(negative, -u, u)[:cfg.fmt.weight_bits].as_signed(), f"u_{lane}"),
                               "x": reg(act, f"x_{lane}"),
@@ -194,8 +197,29 @@ class ProcessingElement(wiring.Component):
             return (z + 1)[:z.shape().width + 1].as_signed()
         return z
 
+    def _breakpoint(self, word, region):
+        b = self.cfg.breakpoint_of(word, region)
+        if b is not None and self.fault == "zero_point_off_by_one":  # PWLQ has no zero-point: B + 1 instead
+            return b + 1
+        return b
+
+    def _offset(self, reg, b, x, name):
+        """B X, registered; the partial products are selected as :attr:`PEConfig.offset_selector_bits` says."""
+        a, sel = (x, b) if self.cfg.mode == "group" else (b, x)
+        bx, stages = multiply(reg, a, sel, name, self.cfg.levels)
+        assert stages + 1 == self.cfg.zero_point_stages, "B X must fill the zero-point slot exactly"
+        return reg(bx, name)
+
+    def _add_offset(self, reg, delay, st, bx, name):
+        """PWLQ's extra stage: S_t P + B X for the tails, S P delayed alongside elsewhere."""
+        if not self.cfg.offset_stages:
+            return st
+        if bx is None:
+            return delay(st, 1, f"{name}_d")
+        return reg(st + delay(bx, self.cfg.scale_stages, f"{name}_bx"), name)
+
     def _group_scale(self, reg, delay, lanes, word, stage):
-        """Group mode: per region sum the lanes, then T = P - z X and S T once per beat."""
+        """Group mode: per region sum the lanes, then T = P - z X and S T once per beat (PWLQ tails: S_t P + B X)."""
         cfg = self.cfg
         lv = cfg.levels
         terms = []
@@ -208,9 +232,10 @@ class ProcessingElement(wiring.Component):
             terms.append((reg(p, f"P{r}"), reg(x, f"X{r}")))
         stage += cfg.lane_sum_stages
         word = delay(word, stage - 2, "word_z")
-        zeroed = []
+        zeroed, offsets = [], []
         for r, (p, x) in enumerate(terms):
-            z = self._zero_point(word, r)
+            z, b = self._zero_point(word, r), self._breakpoint(word, r)
+            offsets.append(None if b is None else self._offset(reg, b, x, f"BX{r}"))
             if z is None:
                 zeroed.append(delay(p, cfg.zero_point_stages, f"T{r}"))
                 continue
@@ -222,12 +247,13 @@ class ProcessingElement(wiring.Component):
         scaled = []
         for r, t in enumerate(zeroed):
             st, _ = multiply(reg, t, cfg.scale_of(word, r), f"ST{r}", lv)
-            scaled.append(reg(st, f"ST{r}"))
-        stage += cfg.scale_stages
+            scaled.append(self._add_offset(reg, delay, reg(st, f"ST{r}"), offsets[r], f"STB{r}"))
+        stage += cfg.scale_stages + cfg.offset_stages
         return reg(sum(scaled[1:], scaled[0]), "beat_sum"), stage + 1
 
     def _lane_scale(self, reg, delay, lanes, word, stage):
-        """Lane mode: per lane T = sgn u x - z sgn x and S T with the lane's own group, then a tree."""
+        """Lane mode: per lane T = sgn u x - z sgn x and S T with the lane's own group (PWLQ tails:
+        S_t sgn j x + B sgn x), then a tree."""
         cfg = self.cfg
         lv = cfg.levels
         word = delay(word, stage - 2, "word_z")
@@ -235,6 +261,7 @@ class ProcessingElement(wiring.Component):
         for i, ln in enumerate(lanes):
             lane_word = word.lanes[i]
             t = ln["tail"]
+            b = None
             if t is None:
                 z, s = self._zero_point(lane_word, 0), cfg.scale_of(lane_word, 0)
             else:
@@ -242,7 +269,10 @@ class ProcessingElement(wiring.Component):
                 z = None if all(v is None for v in zs) else Mux(t[0], zs[1] if zs[1] is not None else 0,
                                                                 zs[0] if zs[0] is not None else 0)
                 s = Mux(t[0], cfg.scale_of(lane_word, 1), cfg.scale_of(lane_word, 0))
+                tail_b = self._breakpoint(lane_word, 1)
+                b = None if tail_b is None else Mux(t[0], tail_b, 0)
             s = delay(s, cfg.zero_point_stages, f"S_{i}")
+            bx = None if b is None else self._offset(reg, b, ln["sx"], f"BX_{i}")
             if z is None:
                 term = delay(ln["p"], cfg.zero_point_stages, f"T_{i}")
             else:
@@ -250,7 +280,7 @@ class ProcessingElement(wiring.Component):
                 zx = reg(zx, f"zX_{i}")
                 term = reg(delay(ln["p"], cfg.zero_point_stages - 1, f"Pz_{i}") - zx, f"T_{i}")
             st, _ = multiply(reg, term, s, f"ST_{i}", lv)
-            scaled.append(reg(st, f"ST_{i}"))
-        stage += cfg.zero_point_stages + cfg.scale_stages
+            scaled.append(self._add_offset(reg, delay, reg(st, f"ST_{i}"), bx, f"STB_{i}"))
+        stage += cfg.zero_point_stages + cfg.scale_stages + cfg.offset_stages
         total, _ = add_tree(reg, scaled, "lane_sum", lv)
         return reg(total, "beat_sum"), stage + cfg.lane_sum_stages

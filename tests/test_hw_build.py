@@ -58,11 +58,11 @@ def test_memory_files_hold_the_layer(qm7, yolov7_pwlq_mix3, tmp_path):
     contract = LayerContract.from_record(name, qm7.layers[name].qt, 8, 16)
     words = [int(line, 16) for line in (tmp_path / "params.hex").read_text().split()]
     assert len(words) == contract.num_groups
-    f, z = contract.fmt.scale_bits, contract.fmt.zero_point_bits
-    for g, w in enumerate(words):  # LSB first: scale[0], scale[1], zero_point (signed)
+    f, b = contract.fmt.scale_bits, contract.fmt.breakpoint_bits
+    assert contract.fmt.zero_point_bits == 0 and b >= 1  # PWLQ: no zero-point, a breakpoint instead
+    for g, w in enumerate(words):  # LSB first: scale[0], scale[1], breakpoint (unsigned)
         assert [(w >> (r * f)) & ((1 << f) - 1) for r in range(2)] == contract.scale_int[g].tolist()
-        zp = (w >> (2 * f)) & ((1 << z) - 1)
-        assert zp - ((zp >> (z - 1)) << z) == int(contract.zero_point[g, 1])
+        assert w >> (2 * f) == int(contract.breakpoint[g])
     layout = StreamLayout.build(contract, 8)
     lines = (tmp_path / "weights.hex").read_text().split()
     assert len(lines) == contract.shape[0] * layout.beats == contract.shape[0] * m["stream"]["beats_per_dot_product"]

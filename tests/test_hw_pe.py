@@ -95,10 +95,13 @@ def _param_dicts(cfg, layout):
 
     def group(g):
         if g >= len(scale):  # lane mode: unused slots
-            return {"scale": [0] * c.fmt.regions, **({"zero_point": 0} if c.fmt.zero_point_bits else {})}
+            return {"scale": [0] * c.fmt.regions, **({"zero_point": 0} if c.fmt.zero_point_bits else {}),
+                    **({"breakpoint": 0} if c.fmt.breakpoint_bits else {})}
         word = {"scale": scale[g]}
-        if c.fmt.zero_point_bits:  # the stored zero-point: the PWLQ tail's, else the only one
-            word["zero_point"] = zero_point[g][1 if c.fmt.pwlq else 0]
+        if c.fmt.zero_point_bits:  # the stored zero-point (affine)
+            word["zero_point"] = zero_point[g][0]
+        if c.fmt.breakpoint_bits:  # PWLQ: the tails' breakpoint P
+            word["breakpoint"] = int(c.breakpoint[g])
         return word
     if layout.mode == "group":
         return [group(g) for g in range(layout.param_words)]

@@ -12,7 +12,7 @@ from hw.synth_configs import write_pe
 from sw.cli import main
 from sw.intref.contract import ContractFormat
 
-SMALL = PEConfig.generic(ContractFormat(4, True, 8, 16, 5, 72), lanes=2, mode="group", groups=64)
+SMALL = PEConfig.generic(ContractFormat(4, True, 8, 16, 0, 72, 19), lanes=2, mode="group", groups=64)
 
 
 @pytest.mark.parametrize("target", ["generic", "ice40"])

@@ -78,16 +78,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-# Cycles being removed on another branch (issue 10, item 4a: the artifact format moves beside checkpoint
-# I/O). Listed so this test guards everything else meanwhile; it fails once the cycle is gone, so the entry
-# is deleted at the merge.
-PENDING = [["sw.checkpoint.load", "sw.quant.artifact"]]
 
 
 def test_no_import_cycles():
-    found = cycles(import_graph())
-    assert [c for c in found if c not in PENDING] == []
-    assert [c for c in PENDING if c not in found] == [], "a pending cycle is gone: delete it from PENDING"
+    assert cycles(import_graph()) == []
 
 
 def test_cycle_finder_sees_a_cycle():

@@ -30,11 +30,10 @@ def test_weight_int_matches_elementwise_definition(method, gran):
     for idx in itertools.product(*(range(s) for s in c.shape)):
         code = int(c.codes[idx])
         g, r = int(gid[idx]), int(reg[idx])
-        if r == 1:  # PWLQ tail: sign bit and (k-1)-bit two's complement u
+        if r == 1:  # PWLQ tail: sign bit, (k-1)-bit unsigned j, breakpoint P: sgn (j S_t + P)
             sign = -1 if code < 0 else 1
-            low = code % (1 << (c.fmt.weight_bits - 1))
-            u = low - (1 << (c.fmt.weight_bits - 1)) if low >= 1 << (c.fmt.weight_bits - 2) else low
-            expected = sign * (u - int(c.zero_point[g, 1])) * int(c.scale_int[g, 1])
+            j = code % (1 << (c.fmt.weight_bits - 1))
+            expected = sign * (j * int(c.scale_int[g, 1]) + int(c.breakpoint[g]))
         else:
             expected = (code - int(c.zero_point[g, 0])) * int(c.scale_int[g, 0])
         assert int(w_int[idx]) == expected
@@ -56,7 +55,8 @@ def test_hardware_weights_differ_from_fake_quant_only_by_scale_rounding():
     qt = quantize_tensor(w, "pwlq", 4, "cshape")
     c = LayerContract.from_record("l", qt, 8, 16)
     err = (c.weight_float() - dequantize(qt, torch.float64)).abs()
-    bound = c.signed_diff().abs().double() * 2.0 ** -c.shift / 2  # |u - z| * half an ulp of S
+    tail = c.region_index() == 1  # tails also round the breakpoint: half an ulp more
+    bound = (c.signed_diff().abs().double() + tail.double()) * 2.0 ** -c.shift / 2  # |u - z| * half an ulp of S
     assert (err <= bound * (1 + 1e-9)).all()
 
 
@@ -89,20 +89,27 @@ def test_adversarial_input_reaches_the_accumulator_bound(method, bits, act_bits,
     c = _contract(method, bits, "filter", shape, act_bits, scale_bits)
     corner = c.fmt.adversarial_corner()
     n = c.fmt.fan_in
-    w = torch.full((1,) + shape[1:], corner["diff"] * corner["scale"], dtype=torch.int64)
+    w = torch.full((1,) + shape[1:], corner["weight"], dtype=torch.int64)
     x = torch.full((1, shape[1], shape[2], shape[3]), float(corner["act"]), dtype=torch.float64)
     acc = int(integer_conv2d(x, w, 1, 0).item())
-    assert acc == corner["acc"] == n * corner["diff"] * corner["scale"] * corner["act"]
+    assert acc == corner["acc"] == n * corner["weight"] * corner["act"]
     lo, hi = c.fmt.acc_range
     assert lo <= acc <= hi and acc in (lo, hi)
     bits_needed = signed_bits_for(min(acc, 0), max(acc, 0))
     assert bits_needed == c.fmt.acc_bits
     half = 1 << (c.fmt.acc_bits - 2)  # range of one bit less: [-half, half - 1]
     assert not (-half <= acc <= half - 1)
-    # and no combination of in-range factors exceeds the bound
+    # and no combination of in-range factors exceeds the bound (PWLQ tails: +-(j S + B))
     dlo, dhi = c.fmt.diff_range
     for d, s, a in itertools.product((dlo, dhi), c.fmt.scale_range, c.fmt.act_range):
         assert lo <= n * d * s * a <= hi
+    if c.fmt.pwlq:
+        jmax = c.fmt.magnitude_range[1]
+        for sgn, s, b, a in itertools.product((-1, 1), c.fmt.scale_range, c.fmt.breakpoint_range, c.fmt.act_range):
+            assert lo <= n * sgn * (jmax * s + b) * a <= hi
+    # the layer's real weights lie in the declared weight range
+    wlo, whi = c.fmt.weight_range
+    assert wlo <= int(c.weight_int().min()) and int(c.weight_int().max()) <= whi
 
 
 def test_diff_range_covers_every_stored_parameter():
@@ -113,6 +120,10 @@ def test_diff_range_covers_every_stored_parameter():
         assert dlo <= int(d.min()) and int(d.max()) <= dhi
         zlo, zhi = c.fmt.zero_point_range
         assert zlo <= int(c.zero_point.min()) and int(c.zero_point.max()) <= zhi
+        if method == "pwlq":
+            blo, bhi = c.fmt.breakpoint_range
+            assert blo <= int(c.breakpoint.min()) and int(c.breakpoint.max()) <= bhi
+            assert int(c.breakpoint.max()) > bhi // 2  # the declared width is the least that holds them
 
 
 def test_act_quant_zero_point_and_padding():

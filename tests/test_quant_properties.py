@@ -36,9 +36,9 @@ def test_codes_in_range_and_finite(w, bits, gran, method):
     if method == "affine":
         assert int(qt.zero_point.min()) >= -(1 << (bits - 1)) and int(qt.zero_point.max()) < (1 << (bits - 1))
     if method == "pwlq":
-        _, u = pwlq.unpack_tail(qt.codes.long()[qt.region], bits)
-        tlo, thi = code_range(bits - 1)
-        assert u.numel() == 0 or (int(u.min()) >= tlo and int(u.max()) <= thi)
+        _, j = pwlq.unpack_tail(qt.codes.long()[qt.region], bits)
+        assert j.numel() == 0 or (int(j.min()) >= 0 and int(j.max()) < 1 << (bits - 1))
+        assert torch.isfinite(qt.breakpoint).all() and (qt.breakpoint >= 0).all()
 
 
 def _half_step_bound(qt, w):

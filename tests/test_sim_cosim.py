@@ -91,11 +91,11 @@ def test_superset_pe_bounds_every_layer_and_packs_wider_fields():
     assert len(builds) == 1
     cfg = builds[0].cfg
     assert cfg.acc_bits >= max(c.fmt.acc_bits for c in cs)
-    assert cfg.fmt.zero_point_bits == max(c.fmt.zero_point_bits for c in cs)
+    assert cfg.fmt.breakpoint_bits == max(c.fmt.breakpoint_bits for c in cs)
     assert cfg.param_words == max(lay.param_words for _, lay in builds[0].items)
-    for _, layout in builds[0].items:  # zero-points sign-extend into the wider field
-        for word, z in zip(cfg.param_init(layout), layout.contract.zero_point[:, 1].tolist()):
-            assert data.Const(cfg.word_layout, word).zero_point == z
+    for _, layout in builds[0].items:  # breakpoints zero-extend into the wider field
+        for word, b in zip(cfg.param_init(layout), layout.contract.breakpoint.tolist()):
+            assert data.Const(cfg.word_layout, word).breakpoint == b
     assert PEConfig.superset([lay for _, lay in builds[0].items]) == cfg
     assert len(plan_builds([_random_case(c) for c in cs], LANES, exact=True)) == 2
 
@@ -121,28 +121,32 @@ def test_capture_windows_are_im2col_rows():
 
 # ---- edge cases (Icarus) ----------------------------------------------------------------------------------------
 def _corner_contract(method, gran, k, shape, name):
-    """A layer whose every product sits at a corner of the contract's intervals: codes and zero-points at
-    their extremes, every scale 2^F - 1. Output channel 0 takes diff d_min, channel 1 (if any) d_max."""
+    """A layer whose every product sits at a corner of the contract's intervals: codes, zero-points and
+    breakpoints at their extremes, every scale 2^F - 1. Output channel 0 takes the weight range's low end,
+    channel 1 (if any) its high end."""
     pwlq = method == "pwlq"
-    zbits = {"affine": k, "pwlq": k + 1, "symmetric": 0}[method]
+    zbits = {"affine": k, "pwlq": 0, "symmetric": 0}[method]
     n = shape[1] * shape[2] * shape[3]
-    fmt = ContractFormat(k, pwlq, 8, 16, zbits, n)
-    d_lo, d_hi = fmt.diff_range
+    fmt = ContractFormat(k, pwlq, 8, 16, zbits, n, 18 if pwlq else 0)
+    w_lo, w_hi = fmt.weight_range
     zlo, zhi = fmt.zero_point_range
+    s_max, b_max = fmt.scale_range[1], fmt.breakpoint_range[1]
     found = {}
     for code in range(-(1 << (k - 1)), 1 << (k - 1)):
         for tail in ((0, 1) if pwlq else (0,)):
             for z in range(zlo, zhi + 1):
-                probe = LayerContract("probe", (1, 1, 1, 1), "layer", fmt, 0, torch.tensor([[1, 1]] if pwlq else [[1]]),
-                                      torch.tensor([[0, z]] if pwlq else [[z]]), torch.tensor([[[[code]]]], dtype=torch.int8),
-                                      torch.tensor([[[[bool(tail)]]]]) if pwlq else None)
-                d = int(probe.signed_diff())
-                if d in (d_lo, d_hi) and d not in found:
-                    found[d] = (code, tail, z)
-    assert set(found) == {d_lo, d_hi}
+                probe = LayerContract("probe", (1, 1, 1, 1), "layer", fmt, 0,
+                                      torch.tensor([[s_max, s_max]] if pwlq else [[s_max]]),
+                                      torch.tensor([[0, 0]] if pwlq else [[z]]), torch.tensor([[[[code]]]], dtype=torch.int8),
+                                      torch.tensor([[[[bool(tail)]]]]) if pwlq else None,
+                                      torch.tensor([b_max]) if pwlq else None)
+                w = int(probe.weight_int())
+                if w in (w_lo, w_hi) and w not in found:
+                    found[w] = (code, tail, z)
+    assert set(found) == {w_lo, w_hi}
     o = shape[0]
     groups = {"filter": o, "fshape": n}[gran]
-    ends = [found[d_lo], found[d_hi]]
+    ends = [found[w_lo], found[w_hi]]
     codes = torch.tensor([ends[min(i, 1)][0] for i in range(o)], dtype=torch.int8).view(o, 1, 1, 1).expand(shape)
     tails = torch.tensor([bool(ends[min(i, 1)][1]) for i in range(o)]).view(o, 1, 1, 1).expand(shape)
     if gran == "filter":
@@ -150,9 +154,11 @@ def _corner_contract(method, gran, k, shape, name):
     else:  # F-shape groups are shared by all filters: one output channel, so one zero-point per group
         assert o == 1
         zs = [ends[0][2]] * groups
-    zp = torch.tensor([[0, z] for z in zs] if pwlq else [[z] for z in zs])
-    scale = torch.full((groups, 2 if pwlq else 1), (1 << 16) - 1)
-    return LayerContract(name, shape, gran, fmt, 0, scale, zp, codes.contiguous(), tails.contiguous() if pwlq else None)
+    zp = torch.tensor([[0, 0] for _ in zs] if pwlq else [[z] for z in zs])
+    scale = torch.full((groups, 2 if pwlq else 1), s_max)
+    bp = torch.full((groups,), b_max) if pwlq else None
+    return LayerContract(name, shape, gran, fmt, 0, scale, zp, codes.contiguous(), tails.contiguous() if pwlq else None,
+                         bp)
 
 
 @pytest.mark.slow

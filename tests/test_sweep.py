@@ -154,11 +154,15 @@ def test_report_sets_the_papers_figures_beside_ours():
     for heading in ("## Table I", "## Table II", "## Fig. 4", "## Equal storage", "## Failed configurations"):
         assert heading in md
     assert "paper mAP@.5" in md and "paper saving" in md and "YOLOv7" in md and "only trends compare" in md
+    # every published figure comes from paper-figures.json (P, R, mAP@.5 and saving of each row)
+    figures = json.loads(paper.reference_file().read_text())
+    for row in figures["table1"] + figures["table2"]:
+        pub = paper.published(row["method"], row["bits"], row["granularity"])
+        assert pub == {"precision": row["P"], "recall": row["R"], "map50": row["map50"], "saving": row["saving"]}
+    pub = paper.published("pwlq", 4, "cshape")
     c_shape = next(line for line in md.splitlines() if line.startswith("| PWLQ | C-shape | 4 |"))
-    assert c_shape.endswith("| 0.680 | 3.88× |")
-    filter_row = next(line for line in md.splitlines() if line.startswith("| Uniform (affine) | filter | 4 |"))
-    assert filter_row.endswith("| — | 3.97× |")  # the paper gives no mAP for it: a dash, never a number
-    assert paper.published("pwlq", 4, "mix4") == {}
+    assert c_shape.endswith(f"| {pub['precision']:.3f} | {pub['recall']:.3f} | {pub['map50']:.3f} | {pub['saving']:.2f}× |")
+    assert paper.published("pwlq", 3, "cshape") == {}  # not in the paper: reports show a dash
     assert "`pwlq-4b-mix4` | failed | RuntimeError: boom" in md
 
 

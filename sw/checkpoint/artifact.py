@@ -5,7 +5,8 @@ Layout (a zip; every array is ``.npy`` read with ``allow_pickle=False``):
 - ``yoloq.json``: ``format`` ("yoloq.quantized"), ``version``, the quantization spec, the deploy-form model
   config and class names, and one entry per conv (shape, method, bits, granularity, error);
 - ``quant/<layer>/codes.npy`` (int8), ``region.npy`` (bool, PWLQ only), ``scale.npy`` (float64 [G, R]),
-  ``zero_point.npy`` (int64 [G, R]): exactly what :class:`~sw.quant.record.QuantizedTensor` holds;
+  ``zero_point.npy`` (int64 [G, R]), ``breakpoint.npy`` (float64 [G, 1], PWLQ only): exactly what
+  :class:`~sw.quant.record.QuantizedTensor` holds;
 - ``float/<name>.npy``: every other tensor of the model (BN, biases, anchors, weights left in FP16).
 
 Loading rebuilds the architecture from the config, checks every array against the layer it claims to
@@ -36,7 +37,7 @@ from .safezip import SafeZip, check_input_file
 from .unpickler import brief, check_tree
 
 FORMAT = "yoloq.quantized"
-VERSION = 1
+VERSION = 2  # 2: PWLQ tails anchored at a stored breakpoint (version 1 had tail zero-points)
 MANIFEST = "yoloq.json"
 
 
@@ -80,6 +81,7 @@ def save_quantized(qm: QuantizedModel, path: str | os.PathLike, source: str | No
             zf.writestr(f"quant/{name}/zero_point.npy", _npy(qt.zero_point.numpy()))
             if qt.region is not None:
                 zf.writestr(f"quant/{name}/region.npy", _npy(qt.region.numpy()))
+                zf.writestr(f"quant/{name}/breakpoint.npy", _npy(qt.breakpoint.numpy()))
 
 
 # Scales a record may carry: positive normal doubles well inside the contract's shift range (a subnormal
@@ -126,18 +128,13 @@ class _Reader:
 
 def _check_zero_points(source: str, name: str, method: str, bits: int, zero_point: torch.Tensor) -> None:
     """Zero-points against the widths the format declares: affine a k-bit code, symmetric and the PWLQ
-    centre none (0), the PWLQ tail at most 32 bits (the integer contract's widest field)."""
+    and PWLQ none (0: PWLQ's tails are offset by the stored breakpoint instead)."""
     if method == "affine":
         lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
         what = f"the {bits}-bit code range"
-    elif method == "pwlq":
-        if (zero_point[:, 0] != 0).any():
-            raise CheckpointError(f"{source}: layer {name}: PWLQ centre zero-points must be 0")
-        zero_point = zero_point[:, 1]
-        lo, hi, what = -(1 << 31), (1 << 31) - 1, "32 bits"
     else:
         lo = hi = 0
-        what = "0 (symmetric)"
+        what = f"0 ({method})"
     if zero_point.numel() and (int(zero_point.min()) < lo or int(zero_point.max()) > hi):
         raise CheckpointError(f"{source}: layer {name}: zero-points outside {what} "
                               f"(found {int(zero_point.min())}..{int(zero_point.max())})")
@@ -164,8 +161,13 @@ def _read_record(r: _Reader, entry: dict) -> QuantizedTensor:
         raise CheckpointError(f"{r.source}: layer {name}: scales must be finite, from 2^-64 to 2^64")
     zero_point = r.array(f"quant/{name}/zero_point.npy", np.int64, (groups, regions))
     _check_zero_points(r.source, name, method, bits, zero_point)
-    region = r.array(f"quant/{name}/region.npy", np.bool_, shape) if method == "pwlq" else None
-    return QuantizedTensor(shape, method, bits, gran, codes, region, scale, zero_point)
+    region = breakpoint = None
+    if method == "pwlq":
+        region = r.array(f"quant/{name}/region.npy", np.bool_, shape)
+        breakpoint = r.array(f"quant/{name}/breakpoint.npy", np.float64, (groups, 1))
+        if not torch.isfinite(breakpoint).all() or (breakpoint < 0).any():
+            raise CheckpointError(f"{r.source}: layer {name}: breakpoints must be finite and non-negative")
+    return QuantizedTensor(shape, method, bits, gran, codes, region, scale, zero_point, breakpoint)
 
 
 def load_quantized(path: str | os.PathLike) -> LoadedModel:

@@ -119,7 +119,8 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--granularity", choices=SINGLE + tuple(MIXES), default="mix3",
                    help="parameter sharing; mix3/mix4 pick per layer the least-MSE option (default mix3)")
     g.add_argument("--breakpoint", choices=("search", "approx"), default="search",
-                   help="PWLQ breakpoint: least-error search or the sigma-normalised approximation")
+                   help="PWLQ breakpoint: the authors' coarse-to-fine least-error search to 0.001 m, or their "
+                        "closed form p / sigma = ln(0.86143114 m / sigma + 0.607901097496529)")
     g.add_argument("--rate-lambda", type=float, default=0.0, metavar="L",
                    help="mixes only: minimise MSE/mean(w^2) + L * stored bits per weight (0 = plain MSE)")
     g.add_argument("--fold-bn", action="store_true", help="fold BN into convs before quantizing (deployment)")

@@ -9,10 +9,13 @@ Integer part (exact, what the processing element computes):
   scale ``s_a`` and one integer zero-point ``z_a`` per tensor (round half to even). Every conv input in a
   YOLO net follows SiLU (>= -0.28) or is the image, so the zero-point puts almost all codes where the
   values are; a conv's zero padding is the code ``z_a``;
-- weight: ``W = sgn * (u - z) * S``, an integer, where per weight ``u`` is the code (PWLQ tails: the low k-1
-  bits, sign-extended, and ``sgn`` the code's top bit; otherwise ``sgn = +1``), and per group and region
-  ``z`` is the integer zero-point and ``S = round(s * 2^E)`` the scale as an unsigned F-bit mantissa with one
-  shift ``E`` per layer;
+- weight: ``W = sgn * ((u - z) * S + B)``, an integer, where per weight ``u`` is the code (PWLQ tails: the
+  low k-1 bits, unsigned, and ``sgn`` the code's top bit; otherwise ``sgn = +1``), and per group and region
+  ``z`` is the integer zero-point (0 for symmetric and PWLQ), ``S = round(s * 2^E)`` the scale as an
+  unsigned F-bit mantissa with one shift ``E`` per layer, and ``B`` the offset: 0, except in PWLQ tails,
+  where it is the group's breakpoint in the scale domain, ``B = P = round(p * 2^E)`` (an unsigned integer of
+  the layer's declared breakpoint width). So a PWLQ tail weight is ``sgn (j S_t + P)``: both the breakpoint
+  and the tail's end are integer levels, as p and m are float ones;
 - accumulator: ``acc = sum_i W_i x_i`` over the conv's fan-in ``N = c * kh * kw``, exact.
 
 Integer addition is associative, so any ordering of the accumulation (lanes, group partial sums, a scale
@@ -26,11 +29,11 @@ quantizes its own input again.
 
 Accumulator width (:attr:`ContractFormat.acc_bits`): every factor lies in a closed integer interval fixed by
 the widths alone: ``sgn (u - z)`` in ``[d_min, d_max]`` (code width k, zero-point width Z), ``S`` in
-``[0, 2^F - 1]``, ``x`` in ``[-2^(A-1), 2^(A-1)-1]``. Interval multiplication gives the exact range
-``[p_min, p_max]`` of one product, so ``acc`` lies in ``[N p_min, N p_max]``, and the smallest two's
-complement width holding both ends cannot overflow for any input. The bound is tight: N products all at the
-extreme corner (codes, zero-point, scale and activations at their limits) reach it, and one bit less
-overflows (:meth:`ContractFormat.adversarial_corner`).
+``[0, 2^F - 1]``, ``B`` in ``[0, 2^Bw - 1]``, ``x`` in ``[-2^(A-1), 2^(A-1)-1]``. Interval arithmetic gives
+the exact range of ``W`` (:attr:`ContractFormat.weight_range`) and of one product ``W x``, so ``acc`` lies in
+``[N p_min, N p_max]``, and the smallest two's complement width holding both ends cannot overflow for any
+input. The bound is tight: N products all at the extreme corner (codes, zero-point, scale, breakpoint and
+activations at their limits) reach it, and one bit less overflows (:meth:`ContractFormat.adversarial_corner`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from functools import cached_property
 import torch
 
 from ..errors import QuantizationError
-from ..quant.accounting import zero_point_widths
+from ..quant.accounting import breakpoint_ints, breakpoint_width, scale_shift, zero_point_widths
 from ..quant.granularity import group_index
 from ..quant.pwlq import unpack_tail
 from ..quant.record import QuantizedTensor
@@ -62,19 +65,6 @@ def signed_bits_for(lo: int, hi: int) -> int:
 def interval_product(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     corners = [x * y for x in a for y in b]
     return min(corners), max(corners)
-
-
-def scale_shift(scales: torch.Tensor, scale_bits: int) -> int:
-    """Largest E such that round(s * 2^E) fits an unsigned ``scale_bits`` mantissa for every scale s."""
-    s_max = float(scales.max())
-    if not (2.0 ** -64 <= s_max <= 2.0 ** 64):  # also keeps 2^E a finite double (a subnormal needs E > 1000)
-        raise QuantizationError(f"scales must be finite, from 2^-64 to 2^64; the largest is {s_max}")
-    e = scale_bits - math.floor(math.log2(s_max)) - 1
-    while round(s_max * 2.0 ** (e + 1)) <= (1 << scale_bits) - 1:  # float log2 may be off by one
-        e += 1
-    while round(s_max * 2.0 ** e) > (1 << scale_bits) - 1:
-        e -= 1
-    return e
 
 
 @dataclass(frozen=True)
@@ -140,10 +130,12 @@ class ContractFormat:
     scale_bits: int           # F
     zero_point_bits: int      # Z, declared width of the stored zero-points (0: none)
     fan_in: int               # N = c * kh * kw
+    breakpoint_bits: int = 0  # Bw, declared unsigned width of PWLQ's stored breakpoints P (0: none)
 
     def __post_init__(self):
         if not 2 <= self.weight_bits <= 8 or not 2 <= self.act_bits <= 16 or not 2 <= self.scale_bits <= 24 \
-                or not 0 <= self.zero_point_bits <= 32 or self.fan_in < 1:
+                or not 0 <= self.zero_point_bits <= 32 or self.fan_in < 1 or not 0 <= self.breakpoint_bits <= 40 \
+                or (self.breakpoint_bits > 0) != self.pwlq or (self.pwlq and self.zero_point_bits):
             raise QuantizationError(f"unsupported contract format {self}")
 
     @property
@@ -165,10 +157,15 @@ class ContractFormat:
         return -(1 << (self.zero_point_bits - 1)), (1 << (self.zero_point_bits - 1)) - 1
 
     @property
+    def breakpoint_range(self) -> tuple[int, int]:
+        return 0, (1 << self.breakpoint_bits) - 1
+
+    @property
     def magnitude_range(self) -> tuple[int, int]:
-        """Range of the value ``u`` a code contributes before its zero-point (tails: k-1 bits)."""
-        k = self.weight_bits - 1 if self.pwlq else self.weight_bits
-        return -(1 << (k - 1)), (1 << (k - 1)) - 1
+        """Range of the value ``u`` a code contributes before its zero-point (PWLQ tails: j, k-1 bits unsigned)."""
+        if self.pwlq:
+            return 0, (1 << (self.weight_bits - 1)) - 1
+        return -(1 << (self.weight_bits - 1)), (1 << (self.weight_bits - 1)) - 1
 
     @property
     def diff_range(self) -> tuple[int, int]:
@@ -177,15 +174,21 @@ class ContractFormat:
         if not self.pwlq:
             ulo, uhi = self.magnitude_range
             return ulo - zhi, uhi - zlo
-        clo, chi = -(1 << (self.weight_bits - 1)), (1 << (self.weight_bits - 1)) - 1  # centre, z = 0
-        ulo, uhi = self.magnitude_range
-        tail = max(abs(ulo - zhi), abs(uhi - zlo))
-        return min(clo, -tail), max(chi, tail)
+        return -(1 << (self.weight_bits - 1)), (1 << (self.weight_bits - 1)) - 1  # the centre's; +-j lies within
+
+    @property
+    def weight_range(self) -> tuple[int, int]:
+        """Range of the integer weight ``W`` (PWLQ: the centre's ``u S_c`` and the tails' ``+-(j S_t + B)``)."""
+        if not self.pwlq:
+            return interval_product(self.diff_range, self.scale_range)
+        lo, hi = interval_product(self.diff_range, self.scale_range)
+        tail = self.magnitude_range[1] * self.scale_range[1] + self.breakpoint_range[1]
+        return min(lo, -tail), max(hi, tail)
 
     @property
     def product_range(self) -> tuple[int, int]:
         """Range of one accumulated term ``W x``."""
-        return interval_product(interval_product(self.diff_range, self.scale_range), self.act_range)
+        return interval_product(self.weight_range, self.act_range)
 
     @property
     def acc_range(self) -> tuple[int, int]:
@@ -208,15 +211,16 @@ class ContractFormat:
         return self.fan_in * max(-lo, hi)
 
     def adversarial_corner(self) -> dict:
-        """The factor values whose N-fold product sum reaches the end of ``acc_range`` that sets ``acc_bits``."""
+        """The weight and activation whose N-fold product sum reaches the end of ``acc_range`` that sets
+        ``acc_bits``; the weight is an end of :attr:`weight_range`, reached by codes, zero-point, scale and
+        breakpoint at their limits."""
         lo, hi = self.acc_range
         target = lo if -lo > hi else hi  # the end that needs the most bits
-        for d in self.diff_range:
-            for s in self.scale_range:
-                for x in self.act_range:
-                    if self.fan_in * d * s * x == target:
-                        return {"diff": d, "scale": s, "act": x, "acc": target}
-        raise AssertionError("interval corner not found")  # interval_product guarantees a corner attains it
+        for w in self.weight_range:
+            for x in self.act_range:
+                if self.fan_in * w * x == target:
+                    return {"weight": w, "act": x, "acc": target}
+        raise AssertionError("interval corner not found")  # interval arithmetic guarantees a corner attains it
 
 
 def superset_format(formats: list[ContractFormat]) -> ContractFormat:
@@ -227,7 +231,7 @@ def superset_format(formats: list[ContractFormat]) -> ContractFormat:
         raise QuantizationError(f"layers mix code widths / methods {sorted(kinds)}; no common PE format")
     return ContractFormat(formats[0].weight_bits, formats[0].pwlq, max(f.act_bits for f in formats),
                           max(f.scale_bits for f in formats), max(f.zero_point_bits for f in formats),
-                          max(f.fan_in for f in formats))
+                          max(f.fan_in for f in formats), max(f.breakpoint_bits for f in formats))
 
 
 @dataclass
@@ -235,7 +239,7 @@ class LayerContract:
     """Everything integer about one quantized conv: its format plus per-group parameters and codes.
 
     Built from a :class:`~sw.quant.record.QuantizedTensor` by :meth:`from_record`; ``scale_int`` and
-    ``zero_point`` are [G, R] (R = 2 for PWLQ: centre, tail).
+    ``zero_point`` are [G, R] (R = 2 for PWLQ: centre, tail); ``breakpoint`` (PWLQ) is P per group, int64 [G].
     """
 
     name: str
@@ -247,6 +251,7 @@ class LayerContract:
     zero_point: torch.Tensor                 # int64 [G, R]
     codes: torch.Tensor = field(repr=False)  # int8 [o, c, kh, kw]
     region: torch.Tensor | None = field(repr=False, default=None)
+    breakpoint: torch.Tensor | None = field(repr=False, default=None)
 
     @classmethod
     def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
@@ -256,10 +261,12 @@ class LayerContract:
                                     f"got {act_bits} and {scale_bits}")
         e = scale_shift(qt.scale, scale_bits)
         scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
-        zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
+        zw = max(zero_point_widths(qt))  # the accounting's declared widths; 0 = nothing stored
+        bw = breakpoint_width(qt, scale_bits)
         _, c, kh, kw = qt.shape
-        fmt = ContractFormat(qt.bits, qt.region is not None, act_bits, scale_bits, zw, c * kh * kw)
-        contract = cls(name, qt.shape, qt.granularity, fmt, e, scale_int, qt.zero_point.clone(), qt.codes, qt.region)
+        fmt = ContractFormat(qt.bits, qt.region is not None, act_bits, scale_bits, zw, c * kh * kw, bw)
+        contract = cls(name, qt.shape, qt.granularity, fmt, e, scale_int, qt.zero_point.clone(), qt.codes,
+                       qt.region, breakpoint_ints(qt, scale_bits))
         contract.check_fields()
         return contract
 
@@ -267,11 +274,12 @@ class LayerContract:
         """Every stored integer fits the field the hardware gives it; a value that does not is refused here,
         never truncated into a memory word."""
         f = self.fmt
-        used_zp = self.zero_point[:, 1] if f.pwlq else self.zero_point[:, 0]
-        for what, values, (lo, hi) in (("weight codes", self.codes, (-(1 << (f.weight_bits - 1)),
-                                                                     (1 << (f.weight_bits - 1)) - 1)),
-                                       ("scale mantissas", self.scale_int, f.scale_range),
-                                       ("zero-points", used_zp, f.zero_point_range)):
+        checks = [("weight codes", self.codes, (-(1 << (f.weight_bits - 1)), (1 << (f.weight_bits - 1)) - 1)),
+                  ("scale mantissas", self.scale_int, f.scale_range),
+                  ("zero-points", self.zero_point, f.zero_point_range)]
+        if self.breakpoint is not None:
+            checks.append(("breakpoints", self.breakpoint, f.breakpoint_range))
+        for what, values, (lo, hi) in checks:
             if values.numel() and (int(values.min()) < lo or int(values.max()) > hi):
                 raise QuantizationError(f"{self.name}: {what} {int(values.min())}..{int(values.max())} do not fit "
                                         f"their field ({lo}..{hi})")
@@ -291,10 +299,16 @@ class LayerContract:
         g = self.group_ids
         if not self.fmt.pwlq:
             return codes - self.zero_point[g, 0]
-        negative, u = unpack_tail(codes, self.fmt.weight_bits)
-        tail = self.region
-        mag = torch.where(tail, u - self.zero_point[g, 1], codes)
-        return torch.where(tail & negative, -mag, mag)
+        negative, j = unpack_tail(codes, self.fmt.weight_bits)
+        return torch.where(self.region, torch.where(negative, -j, j), codes)
+
+    def offset_int(self) -> torch.Tensor:
+        """``sgn * B`` per weight (int64, W's shape): PWLQ tails' signed breakpoint, 0 elsewhere."""
+        if not self.fmt.pwlq:
+            return torch.zeros(self.shape, dtype=torch.int64)
+        negative, _ = unpack_tail(self.codes.to(torch.int64), self.fmt.weight_bits)
+        b = self.breakpoint[self.group_ids]
+        return torch.where(self.region, torch.where(negative, -b, b), torch.zeros_like(b))
 
     def region_index(self) -> torch.Tensor:
         """Which parameter column each weight uses (0, or 1 for PWLQ tails)."""
@@ -303,8 +317,8 @@ class LayerContract:
         return self.region.to(torch.int64)
 
     def weight_int(self) -> torch.Tensor:
-        """The integer weights ``W = sgn (u - z) S`` (int64, W's shape)."""
-        return self.signed_diff() * self.scale_int[self.group_ids, self.region_index()]
+        """The integer weights ``W = sgn ((u - z) S + B)`` (int64, W's shape)."""
+        return self.signed_diff() * self.scale_int[self.group_ids, self.region_index()] + self.offset_int()
 
     def weight_float(self) -> torch.Tensor:
         """What the hardware's weights are worth: ``W * 2^-E`` (float64)."""
@@ -314,5 +328,6 @@ class LayerContract:
         f = self.fmt
         return {"name": self.name, "shape": list(self.shape), "granularity": self.granularity,
                 "weight_bits": f.weight_bits, "pwlq": f.pwlq, "act_bits": f.act_bits, "scale_bits": f.scale_bits,
-                "shift": self.shift, "zero_point_bits": f.zero_point_bits, "groups": self.num_groups,
+                "shift": self.shift, "zero_point_bits": f.zero_point_bits, "breakpoint_bits": f.breakpoint_bits,
+                "groups": self.num_groups,
                 "regions": f.regions, "fan_in": f.fan_in, "diff_bits": f.diff_bits, "acc_bits": f.acc_bits}

@@ -86,7 +86,7 @@ class StreamFormat:
 class ParamFormat:
     """Bit layout of one parameter-memory word, LSB first: ``groups_per_word`` groups (1, or L in lane mode),
     each scale[R] (unsigned F-bit mantissas, one per region) then, where the layer has them, one signed
-    Z-bit zero-point: the only one (affine) or the tail's (PWLQ; the centre's is always 0).
+    Z-bit zero-point (affine) or one unsigned Bw-bit breakpoint P (PWLQ: the tails' offset; no zero-point).
 
     The one definition of the parameter word: the PE's layout (``hw.config``), its initial contents, the
     testbench's ``params.hex`` and ``hw build``'s all come from :meth:`fields_of`.
@@ -98,17 +98,20 @@ class ParamFormat:
     @property
     def group_fields(self) -> tuple[Field, ...]:
         f = self.fmt
-        scale = Field("scale", f.scale_bits, False, f.regions)
-        return (scale, Field("zero_point", f.zero_point_bits, True)) if f.zero_point_bits else (scale,)
-
-    @property
-    def zero_point_region(self) -> int:
-        """The region whose zero-point is stored (PWLQ: the tail)."""
-        return 1 if self.fmt.pwlq else 0
+        fields = [Field("scale", f.scale_bits, False, f.regions)]
+        if f.zero_point_bits:
+            fields.append(Field("zero_point", f.zero_point_bits, True))
+        if f.breakpoint_bits:
+            fields.append(Field("breakpoint", f.breakpoint_bits, False))
+        return tuple(fields)
 
     def uses_zero_point(self, region: int) -> bool:
-        """Whether ``region`` has a stored zero-point (else it is fixed at 0: symmetric; the PWLQ centre)."""
-        return bool(self.fmt.zero_point_bits) and region == self.zero_point_region
+        """Whether ``region`` has a stored zero-point (else it is fixed at 0: symmetric, PWLQ)."""
+        return bool(self.fmt.zero_point_bits) and region == 0
+
+    def uses_breakpoint(self, region: int) -> bool:
+        """Whether ``region`` adds the stored breakpoint, ``sgn B x`` (PWLQ tails only)."""
+        return bool(self.fmt.breakpoint_bits) and region == 1
 
     @property
     def width(self) -> int:
@@ -116,8 +119,11 @@ class ParamFormat:
 
     def group_values(self, contract: LayerContract) -> dict[str, np.ndarray]:
         """Each group's field values, [G, items]."""
-        return {"scale": contract.scale_int.numpy().astype(np.int64),
-                "zero_point": contract.zero_point.numpy().astype(np.int64)[:, self.zero_point_region:][:, :1]}
+        values = {"scale": contract.scale_int.numpy().astype(np.int64),
+                  "zero_point": contract.zero_point.numpy().astype(np.int64)[:, :1]}
+        if self.fmt.breakpoint_bits:
+            values["breakpoint"] = contract.breakpoint.numpy().astype(np.int64)[:, None]
+        return values
 
     def fields_of(self, contract: LayerContract, depth: int) -> tuple[list, int]:
         """(columns, rows) for :func:`~sw.intref.packing.bit_matrix`: ``depth`` words holding every group of
@@ -258,7 +264,8 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
     """The PE's accumulators for ``acts`` [positions, beats, L] of one output channel, by beat arithmetic.
 
     Group mode: per beat and region r, P_r = sum sgn u x and X_r = sum sgn x over the lanes in r, then
-    acc += S_r (P_r - z_r X_r). Lane mode: the same per lane, then summed. int64 throughout.
+    acc += S_r (P_r - z_r X_r) + B_r X_r (B: PWLQ tails' breakpoint, else 0). Lane mode: the same per lane,
+    then summed. int64 throughout.
     """
     c = layout.contract
     wb = layout.weight_beats(out_channel)
@@ -266,6 +273,9 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
     sign, u = _split(wb["code"], tail, c.fmt.weight_bits)
     region = np.zeros_like(u) if tail is None else tail
     scale, zp = c.scale_int.numpy(), c.zero_point.numpy()
+    offset = np.zeros_like(scale)                      # B per group and region
+    if c.fmt.pwlq:
+        offset[:, 1] = c.breakpoint.numpy()
     prod = sign[None] * u[None] * acts                 # [P, beats, L]
     xs = sign[None] * acts
     if layout.mode == "group":
@@ -275,8 +285,8 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
             in_r = (region == r)[None]
             p_r = (prod * in_r).sum(-1)                 # [P, beats]
             x_r = (xs * in_r).sum(-1)
-            acc += ((p_r - zp[addr, r][None] * x_r) * scale[addr, r][None]).sum(-1)
+            acc += ((p_r - zp[addr, r][None] * x_r) * scale[addr, r][None] + offset[addr, r][None] * x_r).sum(-1)
         return acc
     groups = np.where(layout.lane_element < 0, 0, layout.lane_element)
-    s_lane, z_lane = scale[groups, region], zp[groups, region]
-    return ((prod - z_lane[None] * xs) * s_lane[None]).sum((-1, -2))
+    s_lane, z_lane, b_lane = scale[groups, region], zp[groups, region], offset[groups, region]
+    return ((prod - z_lane[None] * xs) * s_lane[None] + b_lane[None] * xs).sum((-1, -2))

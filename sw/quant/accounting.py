@@ -7,7 +7,10 @@ Against it a quantized layer stores:
 - PWLQ region bits: 1 bit per weight;
 - per group and region: the scale as an F-bit unsigned mantissa (F = 16 by default, the integer contract's
   scale width) and, where the method has one, the integer zero-point at its declared width (k bits for
-  affine; PWLQ's tail zero-point at the signed width its layer needs, see :func:`signed_width`);
+  affine);
+- PWLQ, per group: the breakpoint p, stored as the integer P = round(p 2^E) at the scales' shift E, at the
+  unsigned width its layer needs (:func:`breakpoint_width`; up to about F + k - 1 bits, since p is ~2^(k-1)
+  centre steps);
 - per layer: the scale's shift exponent (8 bits);
 - weights left in FP16 by policy (e.g. channel-wise 1x1 convs, as in the paper): 16 bits each.
 
@@ -21,9 +24,12 @@ BatchNorm and biases are never quantized and appear in neither side.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+
+from ..errors import QuantizationError
 
 from .record import QuantizedTensor
 
@@ -47,9 +53,34 @@ def zero_point_widths(qt: QuantizedTensor) -> list[int]:
     """Declared storage width of the zero-point of each region (0 where the method has none)."""
     if qt.method == "affine":
         return [qt.bits]
-    if qt.method == "pwlq":
-        return [0, signed_width(qt.zero_point[:, 1])]
-    return [0]
+    return [0] * qt.regions
+
+
+def scale_shift(scales: torch.Tensor, scale_bits: int) -> int:
+    """Largest E such that round(s * 2^E) fits an unsigned ``scale_bits`` mantissa for every scale s."""
+    s_max = float(scales.max())
+    if not (2.0 ** -64 <= s_max <= 2.0 ** 64):  # also keeps 2^E a finite double (a subnormal needs E > 1000)
+        raise QuantizationError(f"scales must be finite, from 2^-64 to 2^64; the largest is {s_max}")
+    e = scale_bits - math.floor(math.log2(s_max)) - 1
+    while round(s_max * 2.0 ** (e + 1)) <= (1 << scale_bits) - 1:  # float log2 may be off by one
+        e += 1
+    while round(s_max * 2.0 ** e) > (1 << scale_bits) - 1:
+        e -= 1
+    return e
+
+
+def breakpoint_ints(qt: QuantizedTensor, scale_bits: int) -> torch.Tensor | None:
+    """PWLQ's per-group breakpoints in the scale domain, P = round(p 2^E) (int64 [G]); None for other methods."""
+    if qt.breakpoint is None:
+        return None
+    e = scale_shift(qt.scale, scale_bits)
+    return torch.round(qt.breakpoint[:, 0] * 2.0 ** e).to(torch.int64)
+
+
+def breakpoint_width(qt: QuantizedTensor, scale_bits: int) -> int:
+    """Declared unsigned width of the stored breakpoints P of a PWLQ layer (0 for other methods)."""
+    ints = breakpoint_ints(qt, scale_bits)
+    return 0 if ints is None else max(1, int(ints.max()).bit_length())
 
 
 @dataclass
@@ -75,7 +106,7 @@ class LayerStorage:
 
 def quantized_storage(qt: QuantizedTensor, scale_bits: int = DEFAULT_SCALE_BITS) -> LayerStorage:
     n = qt.numel
-    per_group = sum(scale_bits + zw for zw in zero_point_widths(qt))
+    per_group = sum(scale_bits + zw for zw in zero_point_widths(qt)) + breakpoint_width(qt, scale_bits)
     return LayerStorage(weights=n, baseline_bits=FP16_BITS * n, code_bits=qt.bits * n,
                         region_bits=n if qt.region is not None else 0,
                         param_bits=qt.num_groups * per_group + SHIFT_BITS, fp16_bits=0)

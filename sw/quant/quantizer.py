@@ -44,7 +44,7 @@ def quantize_tensor(w: torch.Tensor, method: str, bits: int, granularity: str, b
     _check_weight(w, name)
     shape = tuple(w.shape)
     g = to_groups(w.detach().float(), granularity)
-    region = None
+    region = bp = None
     if method == "affine":
         s, z = affine_params(g.amin(1, keepdim=True), g.amax(1, keepdim=True), bits)
         codes = quantize(g, s, z, *code_range(bits))
@@ -56,20 +56,17 @@ def quantize_tensor(w: torch.Tensor, method: str, bits: int, granularity: str, b
         z = torch.zeros_like(s, dtype=torch.int64)
         codes = quantize(g, s, 0, *code_range(bits, restricted=not full))
     else:
-        absg = g.abs()
-        m = absg.amax(1, keepdim=True)
-        one_magnitude = absg.amin(1, keepdim=True) == m
-        del absg
-        if breakpoint == "approx":
-            p = pwlq.approx_breakpoint(m, g.std(1, keepdim=True, correction=0))
-        else:
-            p = pwlq.search_breakpoint(g, m, bits)
-        codes, tail, s_c, s_t, z_t = pwlq.quantize(g, m, p, bits, one_magnitude)
+        m = g.abs().amax(1, keepdim=True)
+        # unbiased, as the authors; one-member groups have none (NaN: p = m)
+        std = g.std(1, keepdim=True) if g.shape[1] > 1 else torch.full_like(m, float("nan"))
+        approx = pwlq.approx_breakpoint(m, std)
+        p = approx if breakpoint == "approx" else pwlq.search_breakpoint(g, m, bits, approx)
+        codes, tail, s_c, s_t, bp = pwlq.quantize(g, m, p, bits)
         s = torch.cat([s_c, s_t], 1)
-        z = torch.cat([torch.zeros_like(z_t), z_t], 1)
+        z = torch.zeros_like(s, dtype=torch.int64)  # PWLQ has no zero-point: the tails' offset is the breakpoint
         region = from_groups(tail, shape, granularity)
     return QuantizedTensor(shape, method, bits, granularity, from_groups(codes.to(torch.int8), shape, granularity),
-                           region, s, z)
+                           region, s, z, bp)
 
 
 @dataclass

@@ -29,6 +29,7 @@ class QuantizedTensor:
     region: torch.Tensor | None      # bool, ``shape``; PWLQ only
     scale: torch.Tensor              # float64 [G, R]
     zero_point: torch.Tensor         # int64 [G, R]
+    breakpoint: torch.Tensor | None = None  # float64 [G, 1]; PWLQ only
 
     @property
     def num_groups(self) -> int:
@@ -44,12 +45,12 @@ class QuantizedTensor:
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The weights the record represents: s (q - z) per region, with PWLQ's tail sign applied."""
+    """The weights the record represents: s (q - z), or PWLQ's s_c q (centre) and sgn (p + j s_t) (tails)."""
     if qt.region is None:
         codes = to_groups(qt.codes, qt.granularity).double()
         w = codes.sub_(qt.zero_point).mul_(qt.scale)  # s (q - z) in float64, rounded once below
     else:
         codes = to_groups(qt.codes, qt.granularity).float()  # small integers: exact in float32
         tail = to_groups(qt.region, qt.granularity)
-        w = pwlq.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.zero_point[:, 1:], qt.bits)
+        w = pwlq.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits)
     return from_groups(w.to(dtype), qt.shape, qt.granularity)

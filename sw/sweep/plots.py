@@ -44,7 +44,7 @@ def plot_fig4(rows: list[dict], path: Path) -> bool:
     if not pw:
         return False
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    lo, hi = paper.FIG4_PEAK_BITS
+    lo, hi = paper.fig4_peak_bits()
     ax.axvspan(lo - 0.3, hi + 0.3, color="0.92", zorder=0, label=f"paper's peak, YOLOv7 ({lo}–{hi} bits)")
     k = [p["bits"] for p in pw]
     ax.plot(k, [p["merit_paper"] for p in pw], "-o", color=COLORS["pwlq"], label="PWLQ, saving as the paper counts")

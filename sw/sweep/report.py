@@ -103,7 +103,8 @@ def _config_rows(rows: list[dict], wanted: list[tuple], chosen: bool) -> list[li
         else:
             cells = [fmt(r["precision"]), fmt(r["recall"]), fmt(r["map50"]), fmt(r["map50_95"]),
                      _x(r["saving_paper"]), _x(r["saving_storage"])] + ([_chosen(r["granularity_counts"])] if chosen else [])
-        body.append([m, g, str(bits)] + cells + [fmt(pub.get("map50")), _x(pub.get("saving"))])
+        body.append([m, g, str(bits)] + cells + [fmt(pub.get("precision")), fmt(pub.get("recall")),
+                                                 fmt(pub.get("map50")), _x(pub.get("saving"))])
     return body
 
 
@@ -112,14 +113,14 @@ def _config_table(rows, wanted, chosen=False) -> str:
     if not body:
         return ""
     head = ["method", "granularity", "bits", "P", "R", "mAP@.5", "mAP@.5:.95", "saving", "saving (storage)"]
-    head += (["chosen per layer"] if chosen else []) + ["paper mAP@.5", "paper saving"]
-    align = ["---", "---", "---:"] + ["---:"] * 6 + (["---"] if chosen else []) + ["---:", "---:"]
+    head += (["chosen per layer"] if chosen else []) + ["paper P", "paper R", "paper mAP@.5", "paper saving"]
+    align = ["---", "---", "---:"] + ["---:"] * 6 + (["---"] if chosen else []) + ["---:"] * 4
     return _table(head, align, body)
 
 
 def baseline_section(rows: list[dict]) -> str:
     r = find(rows, "baseline", None, None)
-    pub = paper.BASELINE
+    pub = paper.baseline()
     ours = [fmt(r[k]) for k in ("precision", "recall", "map50", "map50_95")] if r else [DASH] * 4
     return "## Baseline (unquantized)\n\n" + _table(
         ["model", "P", "R", "mAP@.5", "mAP@.5:.95", "paper P", "paper R", "paper mAP@.5", "paper mAP@.5:.95"],
@@ -157,8 +158,8 @@ def table2_section(rows: list[dict]) -> str:
     note = ("\nEach layer takes the candidate granularity with the least weight MSE; \"chosen per layer\" counts "
             "the picks.")
     if any(r["granularity"] == "mix4" and r["status"] == OK for r in rows):
-        note += (" In the mix of 4, a channel-wise 1x1 conv stays in FP16 with almost no error, so the mix picks "
-                 "it and the saving collapses; this is why the paper's mix of 3 leaves channel-wise out.")
+        note += (" In the mix of 4, channel-wise is a candidate only for layers whose channels hold more than one "
+                 "weight (not 1x1 convs), as the paper's 2.91x / 2.89x savings imply.")
     return "## Table II: mixed granularity, 4 bits\n\n" + table + note + "\n"
 
 
@@ -175,7 +176,7 @@ def fig4_section(rows: list[dict], plot: str | None) -> str:
                     "storage/(loss+1)", "uniform mAP@.5", "uniform saving/(loss+1)"],
                    ["---:"] * 9, body)
     top, top_s = peak(pw, "merit_paper"), peak(pw, "merit_storage")
-    lo, hi = paper.FIG4_PEAK_BITS
+    lo, hi = paper.fig4_peak_bits()
     text = (f"PWLQ (mix of 3) peaks at **k = {top['bits']}** by the paper's saving "
             f"and at **k = {top_s['bits']}** by storage saving (region bit counted); "
             f"the paper's YOLOv7 curve peaks at {lo}–{hi} bits.")
@@ -257,8 +258,8 @@ def header(settings: dict) -> str:
             f"- **Model:** `{settings['weights_name']}` (sha256 `{settings['weights_sha256'][:12]}…`).\n"
             f"- **Images:** {settings['images']} images of the COCO root `{settings['coco_name']}` "
             f"(annotations `instances_val2017.json`).\n"
-            f"- **Paper columns:** the published figures of *{paper.CITATION.split(': ', 1)[1]}* "
-            f"({paper.CITATION.split(':')[0]}), which are for **{paper.MODEL}**. Ours are for the model and "
+            f"- **Paper columns:** the published figures of *{paper.citation().split('(')[0].strip()}* "
+            f"({paper.citation().split('(', 1)[1].rstrip(')')}), which are for **{paper.model()}**. Ours are for the model and "
             "images above, so only trends compare, not values. \"—\" marks a figure the paper does not publish.\n"
             f"- **Evaluation:** YOLOv7 test.py conventions ({ev.get('img_size', 640)} px, conf {ev.get('conf_thres', 0.001)}, "
             f"NMS IoU {ev.get('iou_thres', 0.65)}, at most {ev.get('max_det', 300)} detections); P and R at the "
