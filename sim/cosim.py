@@ -40,12 +40,10 @@ from sw.errors import YoloqError
 from sw.intref.contract import ContractFormat
 from sw.intref.stream import StreamFormat, StreamLayout, bits_for, mode_for
 
-from . import runner
+from . import DEFAULT_LANES, runner  # DEFAULT_LANES: defined with the package, for the CLI
 from .stimulus import (LayerCase, act_fields, bit_matrix, check_fits, hex_lines, param_fields, weight_fields)
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
 from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_verilog, wrapper_verilog
-
-DEFAULT_LANES = 16
 
 
 class CosimError(YoloqError):

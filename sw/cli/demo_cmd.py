@@ -10,14 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..atomic import write_json
-from ..checkpoint import load_model
-from ..eval.coco import load_coco
-from ..intref.contract import LayerContract
-from ..intref.validate import HardwareFormat, validate
 from ..paths import data_file
-from ..quant.artifact import save_quantized
-from ..quant.model import QuantSpec, quantize_model
 
 
 def add_parser(sub) -> None:
@@ -40,6 +33,14 @@ def _step(summary: list, name: str, t0: float, outcome: str) -> None:
 
 def run(args) -> int:
     from hw.build import build_layers
+
+    from ..atomic import write_json
+    from ..checkpoint import load_model
+    from ..eval.coco import load_coco
+    from ..intref.contract import LayerContract
+    from ..intref.validate import HardwareFormat, validate
+    from ..quant.artifact import save_quantized
+    from ..quant.model import QuantSpec, quantize_model
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,8 @@ def run_cosim(qm, names: list[str], coco_dir: Path, calib: Path, sim: str):
     real COCO image (sim.capture, sim.cosim)."""
     from sim.capture import image_paths, network_cases
     from sim.cosim import Options, cosimulate
+
+    from ..intref.validate import HardwareFormat
 
     cases = network_cases(qm, names, 1, image_paths(coco_dir, 1), calib, HardwareFormat())
     return cosimulate(cases, Options(sim=sim))
