@@ -10,6 +10,11 @@ measured 25x). Idle and busy runs are measured in the same run, one after the ot
 
 from __future__ import annotations
 
+try:
+    from .common import table  # first: it applies the thread policy before torch loads
+except ImportError:
+    from common import table
+
 import argparse
 import json
 import os
@@ -17,11 +22,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-try:
-    from .common import table
-except ImportError:
-    from common import table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,35 +33,38 @@ while True:
 """
 
 
-def measure(task: str, images: int) -> float:
-    """Seconds of ``task`` (quantize: yolov5n to 4-bit PWLQ mix3; eval: yolov5n on ``images`` COCO images)."""
-    from sw.checkpoint import load_model
-    from sw.paths import data_file
-
-    model = load_model(data_file("yolov5n/yolov5n.pt")).model
-    if task == "quantize":
-        from sw.quant.model import QuantSpec, quantize_model
-
-        t0 = time.perf_counter()
-        quantize_model(model, QuantSpec("pwlq", 4, "mix3"), progress=False)
-        return time.perf_counter() - t0
+# One measurement, in a fresh interpreter that imports nothing of this folder (bench/common applies the policy).
+MEASURE = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+if {policy}:
+    from sw.threads import apply_thread_policy
+    apply_thread_policy()
+from sw.checkpoint import load_model
+from sw.paths import data_file
+model = load_model(data_file("yolov5n/yolov5n.pt")).model
+if {task!r} == "quantize":
+    from sw.quant.model import QuantSpec, quantize_model
+    t0 = time.perf_counter()
+    quantize_model(model, QuantSpec("pwlq", 4, "mix3"), progress=False)
+else:
     from sw.eval.coco import evaluate, load_coco
-
-    coco = load_coco(data_file("coco"), limit=images)
+    coco = load_coco(data_file("coco"), limit={images})
     t0 = time.perf_counter()
     evaluate(model, coco, progress=False)
-    return time.perf_counter() - t0
+print(json.dumps({{"seconds": time.perf_counter() - t0}}))
+"""
 
 
 def clean_env() -> dict:
-    """The environment without any thread setting: torch's defaults."""
+    """The environment without any thread setting: torch's defaults (this process has the policy's)."""
     return {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
 
 
 def run_measure(task: str, images: int, policy: bool) -> float:
-    env = {**clean_env(), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, __file__, "--measure", task, "--images", str(images)] + ([] if policy else ["--no-policy"])
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    """Seconds of ``task`` (quantize: yolov5n to 4-bit PWLQ mix3; eval: yolov5n on ``images`` COCO images)."""
+    code = MEASURE.format(repo=str(REPO), policy=policy, task=task, images=images)
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])["seconds"]
 
 
@@ -80,17 +83,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=32, help="COCO images evaluated (default 32)")
     ap.add_argument("--unprotected", action="store_true", help="also measure without the thread policy (slow)")
-    ap.add_argument("--measure", choices=("quantize", "eval"), help=argparse.SUPPRESS)  # one measurement, as a child
-    ap.add_argument("--no-policy", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.measure:
-        sys.path.insert(0, str(REPO))
-        if not args.no_policy:
-            from sw.threads import apply_thread_policy
-
-            apply_thread_policy()
-        print(json.dumps({"seconds": measure(args.measure, args.images)}))
-        return
     rows = []
     policies = [True, False] if args.unprotected else [True]
     for task in ("quantize", "eval"):

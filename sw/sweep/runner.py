@@ -217,10 +217,10 @@ class RayExecutor:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray would otherwise report usage over the network
         self.owns_instance = not ray.is_initialized()
         if self.owns_instance:
-            common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                          runtime_env={"env_vars": export_wait_policy()})  # set before a worker imports torch
-            if address:
-                ray.init(address=address, **common)
+            common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            export_wait_policy()  # a local instance's workers inherit this environment
+            if address:  # a cluster's workers do not: pass the policy along (set before a worker imports torch)
+                ray.init(address=address, runtime_env={"env_vars": export_wait_policy()}, **common)
             else:  # a private instance bound to loopback only
                 ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **common)
         if gpus is None:
