@@ -53,7 +53,8 @@ def add_parser(hw_subparsers) -> None:
     h = p.add_argument_group("hardware format (integer contract)")
     h.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     h.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
-    h.add_argument("--calib-images", type=int_in(1), default=32, help="calibration images used (default 32)")
+    h.add_argument("--calib-images", type=int_in(1), default=32,
+                   help="calibration images used (default 32); the network runs only as far as the chosen layers")
     p.add_argument("--coco", metavar="DIR", help="COCO root with images/val2017/ (default: <data>/coco)")
     add_quant_args(p)
     add_data_arg(p)
