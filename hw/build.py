@@ -21,22 +21,24 @@ import multiprocessing
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 from amaranth.back import verilog
 
 from sw.atomic import write_json, write_text
 from sw.intref.contract import LayerContract
+from sw.intref.packing import bit_matrix, hex_lines, words_of
 from sw.intref.stream import StreamLayout
 from sw.quant.accounting import SHIFT_BITS, quantized_storage
 
 from .config import PEConfig
-from .pe import ProcessingElement
+from .pe import ProcessingElement, verilog_ports
 
 
 # The modules whose source decides the PE's Verilog for a given config (with Amaranth's version).
 GENERATOR_MODULES = ("hw.pe", "hw.arith", "hw.config", "hw.param_memory", "hw.result_queue",
-                     "sw.intref.contract", "sw.intref.stream")
+                     "sw.intref.contract", "sw.intref.stream", "sw.intref.packing")
 
 
 def generator_digest() -> str:
@@ -56,31 +58,10 @@ def module_name(layer: str) -> str:
     return "yoloq_pe_" + re.sub(r"[^0-9A-Za-z_]", "_", layer)
 
 
-def _hex_lines(words: list[int], width: int) -> str:
-    digits = max(1, -(-width // 4))
-    return "".join(f"{w & ((1 << width) - 1):0{digits}x}\n" for w in words)
-
-
 def weight_words(layout: StreamLayout) -> tuple[list[int], int]:
     """Packed weight beats of every output channel (activation lanes left out), and their width."""
-    fmt = layout.stream_format()
-    act_width = fmt.fmt.act_bits * fmt.lanes
-    words = []
-    for o in range(layout.contract.shape[0]):
-        wb = layout.weight_beats(o)
-        zeros = {"act": [[0] * fmt.lanes] * layout.beats}
-        words += [w >> act_width for w in fmt.pack({**wb, **zeros})]
-    return words, fmt.width - act_width
-
-
-_PORT = re.compile(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;", re.M)
-
-
-def verilog_ports(source: str, top: str) -> list[dict]:
-    """Ports of module ``top``, read back from the generated Verilog: name, direction, width."""
-    start = source.index(f"\nmodule {top}(")
-    top = source[start:source.index("\nendmodule", start)]
-    return [{"name": name, "dir": d, "width": int(msb) + 1 if msb else 1} for d, msb, name in _PORT.findall(top)]
+    bits = bit_matrix(*layout.weight_fields())
+    return words_of(bits), bits.shape[1]
 
 
 def storage_report(contract: LayerContract, cfg: PEConfig, qt_storage) -> dict:
@@ -102,15 +83,13 @@ def build_layer(contract: LayerContract, qt, lanes: int, out: Path) -> dict:
     out = Path(out)
     layout = StreamLayout.build(contract, lanes)
     cfg = PEConfig.for_layer(layout)
-    init = cfg.param_init(layout.param_memory())
-    pe = ProcessingElement(cfg, layout.param_memory())
+    pe = ProcessingElement(cfg, cfg.param_init(layout))
     name = module_name(contract.name)
     source = verilog.convert(pe, name=name, emit_src=False)
     write_text(out / f"{name}.v", source)
-    param_words = [cfg.word_layout.const(w).as_value().value for w in init]
-    write_text(out / "params.hex", _hex_lines(param_words, cfg.word_layout.size))
-    words, width = weight_words(layout)
-    write_text(out / "weights.hex", _hex_lines(words, width))
+    write_text(out / "params.hex", hex_lines(bit_matrix(*layout.param_fields(cfg.param_format))).decode())
+    weight_bits = bit_matrix(*layout.weight_fields(cfg.stream))
+    write_text(out / "weights.hex", hex_lines(weight_bits).decode())
     storage = storage_report(contract, cfg, quantized_storage(qt, contract.fmt.scale_bits))
     if not storage["agrees_with_quantizer"]:
         raise AssertionError(f"{contract.name}: hardware storage disagrees with the quantizer: {storage}")
@@ -119,11 +98,12 @@ def build_layer(contract: LayerContract, qt, lanes: int, out: Path) -> dict:
         "pe": {"lanes": cfg.lanes, "mode": cfg.mode, "latency_cycles": cfg.latency, "acc_bits": cfg.acc_bits,
                "beat_bits": cfg.beat_layout.size, "param_word_bits": cfg.word_layout.size,
                "param_words": cfg.param_words, "addr_bits": cfg.addr_bits,
-               "beat_fields": [{"name": n, "bits": b, "items": i} for n, b, i in layout.stream_format().fields],
-               "param_word_fields": _word_fields(cfg)},
+               "beat_fields": [asdict(f) for f in cfg.stream.fields],
+               "param_word_fields": {"groups_per_word": cfg.param_format.groups_per_word,
+                                     "group_fields": [asdict(f) for f in cfg.param_format.group_fields]}},
         "stream": {"beats_per_dot_product": layout.beats, "lane_utilisation": round(layout.utilisation, 4),
-                   "weights_hex": "weights.hex", "weight_beat_bits": width, "params_hex": "params.hex"},
-        "ports": verilog_ports(source, name), "storage": storage,
+                   "weights_hex": "weights.hex", "weight_beat_bits": weight_bits.shape[1], "params_hex": "params.hex"},
+        "ports": verilog_ports(pe.signature), "storage": storage,
     }
     write_json(out / "manifest.json", manifest)
     return manifest
@@ -165,13 +145,6 @@ def build_layers(layers: list[tuple[LayerContract, object, Path]], lanes: int, *
 def _step(bar, manifest: dict) -> dict:
     bar.update()
     return manifest
-
-
-def _word_fields(cfg: PEConfig) -> list[dict]:
-    fields = [{"name": "scale", "bits": cfg.fmt.scale_bits, "items": cfg.fmt.regions}]
-    if cfg.fmt.zero_point_bits:
-        fields.append({"name": "zero_point", "bits": cfg.fmt.zero_point_bits, "items": 1})
-    return fields if cfg.mode == "group" else [{"name": "lanes", "items": cfg.lanes, "fields": fields}]
 
 
 def load_manifest(folder: Path) -> dict:

@@ -1,9 +1,10 @@
 """Elaboration parameters of the processing element, taken from ``sw``'s integer contract objects.
 
 :class:`PEConfig` wraps a :class:`sw.intref.stream.StreamFormat` (contract format, lanes, addressing mode)
-and the parameter memory depth. Beat and parameter-word layouts are derived here from those objects, in
-the same field order as :meth:`sw.intref.stream.StreamFormat.pack`; internal datapath widths follow from
-the contract's ranges. No width is typed by hand.
+and the parameter memory depth. The beat and parameter-word layouts are Amaranth views of the field lists
+that ``sw`` defines once (:attr:`sw.intref.stream.StreamFormat.fields`,
+:attr:`sw.intref.stream.ParamFormat.group_fields`: order, width, signedness); internal datapath widths
+follow from the contract's ranges. No width is typed by hand.
 """
 
 from __future__ import annotations
@@ -13,11 +14,20 @@ from dataclasses import dataclass
 from amaranth import signed, unsigned
 from amaranth.lib import data
 
-from sw.intref.contract import ContractFormat
-from sw.intref.stream import StreamFormat, StreamLayout, bits_for
+from sw.intref.contract import ContractFormat, superset_format
+from sw.intref.packing import Field
+from sw.intref.stream import ParamFormat, StreamFormat, StreamLayout, bits_for
 
 from .arith import multiply_stages, tree_stages
 from .result_queue import LATENCY as QUEUE_LATENCY
+
+def struct_layout(fields: tuple[Field, ...]) -> data.StructLayout:
+    """The Amaranth layout of a field list: same order (LSB first), widths and signedness."""
+    def shape(f: Field):
+        s = signed(f.bits) if f.signed else unsigned(f.bits)
+        return s if f.count is None else data.ArrayLayout(s, f.count)
+    return data.StructLayout({f.name: shape(f) for f in fields})
+
 
 LEVELS = 1  # adder levels between pipeline registers in trees and multipliers (1: highest Fmax)
 
@@ -38,6 +48,25 @@ class PEConfig:
         """A PE for any layer of this format with up to ``groups`` groups (e.g. for synthesis studies)."""
         words = groups if mode == "group" else -(-groups // lanes)
         return cls(StreamFormat(fmt, lanes, bits_for(words), mode), words)
+
+    @classmethod
+    def superset(cls, layouts: list[StreamLayout]) -> "PEConfig":
+        """The PE whose every width bounds those of ``layouts`` (one mode and lane count; the contract's
+        :func:`~sw.intref.contract.superset_format`), with the deepest parameter memory among them."""
+        if len({(lay.mode, lay.lanes) for lay in layouts}) != 1:
+            raise ValueError("a superset PE needs layouts of one addressing mode and lane count")
+        fmt = superset_format([lay.contract.fmt for lay in layouts])
+        words = max(lay.param_words for lay in layouts)
+        return cls(StreamFormat(fmt, layouts[0].lanes, bits_for(words), layouts[0].mode), words)
+
+    def check_fits(self, layout: StreamLayout) -> None:
+        """A layer runs on this PE only if every width it needs fits (the superset PE's contract)."""
+        f, g = layout.contract.fmt, self.fmt
+        same = (f.weight_bits, f.pwlq, f.act_bits, f.scale_bits) == (g.weight_bits, g.pwlq, g.act_bits, g.scale_bits)
+        if not same or layout.mode != self.mode or layout.lanes != self.lanes or f.zero_point_bits > g.zero_point_bits \
+                or f.acc_bits > g.acc_bits or layout.param_words > self.param_words:
+            raise ValueError(f"{layout.contract.name} ({f}, {layout.mode}, {layout.param_words} words) does not fit "
+                             f"the PE ({g}, {self.mode}, {self.param_words} words)")
 
     # ---- from the contract -------------------------------------------------------------------------------
     @property
@@ -65,25 +94,19 @@ class PEConfig:
         """Width of one lane's ``sgn u x``: a k-bit by A-bit signed product."""
         return self.fmt.weight_bits + self.fmt.act_bits
 
-    # ---- layouts -----------------------------------------------------------------------------------------
+    # ---- layouts (views of sw's field lists) -------------------------------------------------------------
+    @property
+    def param_format(self) -> ParamFormat:
+        return self.stream.param_format
+
     @property
     def beat_layout(self) -> data.StructLayout:
-        fields = {"act": data.ArrayLayout(signed(self.fmt.act_bits), self.lanes),
-                  "code": data.ArrayLayout(signed(self.fmt.weight_bits), self.lanes)}
-        if self.fmt.pwlq:
-            fields["tail"] = data.ArrayLayout(unsigned(1), self.lanes)
-        fields.update(addr=unsigned(self.addr_bits), last=unsigned(1))
-        layout = data.StructLayout(fields)
-        assert layout.size == self.stream.width, "beat layout must match sw's packing"
-        return layout
+        return struct_layout(self.stream.fields)
 
     @property
     def group_word_layout(self) -> data.StructLayout:
         """Parameters of one group: a scale per region and the one stored zero-point (affine, PWLQ tail)."""
-        fields = {"scale": data.ArrayLayout(unsigned(self.fmt.scale_bits), self.fmt.regions)}
-        if self.fmt.zero_point_bits:
-            fields["zero_point"] = signed(self.fmt.zero_point_bits)
-        return data.StructLayout(fields)
+        return struct_layout(self.param_format.group_fields)
 
     @property
     def word_layout(self) -> data.StructLayout:
@@ -96,25 +119,12 @@ class PEConfig:
 
     def zero_point_of(self, word, region: int):
         """The zero-point a region uses, or None where it is fixed at 0 (symmetric; PWLQ centre)."""
-        if not self.fmt.zero_point_bits or (self.fmt.pwlq and region == 0):
-            return None
-        return word.zero_point
+        return word.zero_point if self.param_format.uses_zero_point(region) else None
 
-    def _group_init(self, scale: list[int], zero_point: list[int]) -> dict:
-        word = {"scale": list(scale)}
-        if self.fmt.zero_point_bits:
-            word["zero_point"] = zero_point[1] if self.fmt.pwlq else zero_point[0]
-        return word
-
-    def param_init(self, words: list[dict] | None) -> list[dict]:
-        """Memory contents from :meth:`sw.intref.stream.StreamLayout.param_memory` (zeros when None)."""
-        if words is None:
-            return []
-        if len(words) > self.param_words:
-            raise ValueError(f"{len(words)} parameter words for a memory of {self.param_words}")
-        if self.mode == "group":
-            return [self._group_init(w["scale"], w["zero_point"]) for w in words]
-        return [{"lanes": [self._group_init(s, z) for s, z in zip(w["scale"], w["zero_point"])]} for w in words]
+    def param_init(self, layout: StreamLayout) -> list[int]:
+        """Parameter memory contents (packed words) that run ``layout`` on this PE."""
+        self.check_fits(layout)
+        return self.param_format.pack(layout.contract, layout.param_words)
 
     # ---- timing (the PE checks its own depth against these at elaboration) ------------------------------
     @property

@@ -26,7 +26,7 @@ shift-add trees (:mod:`hw.arith`), so timing does not depend on how a tool maps 
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,18 +43,43 @@ def param_write_signature(cfg: PEConfig) -> wiring.Signature:
     return wiring.Signature({"en": Out(1), "addr": Out(unsigned(cfg.addr_bits)), "data": Out(cfg.word_layout)})
 
 
+def pe_signature(cfg: PEConfig) -> wiring.Signature:
+    """``elements`` (in stream of beats), ``results`` (out stream of signed accumulators), ``params``."""
+    return wiring.Signature({
+        "elements": In(stream.Signature(cfg.beat_layout)),
+        "results": Out(stream.Signature(signed(cfg.acc_bits))),
+        "params": In(param_write_signature(cfg)),
+    })
+
+
+def port_name(path: tuple[str, ...]) -> str:
+    """The Verilog port of a signature member, as ``amaranth.back.verilog`` names it (``elements__valid``)."""
+    return "__".join(path)
+
+
+def verilog_ports(signature: wiring.Signature) -> list[dict]:
+    """The ports of a component's Verilog (clock and reset first): name, direction, width; read from its
+    signature, the same source ``amaranth.back.verilog`` names them from."""
+    ports = [{"name": "clk", "dir": "input", "width": 1}, {"name": "rst", "dir": "input", "width": 1}]
+    for path, member in signature.members.flatten():
+        if member.is_port:
+            ports.append({"name": port_name(path), "dir": "input" if member.flow == wiring.In else "output",
+                          "width": Shape.cast(member.shape).width})
+    return ports
+
+
 class ProcessingElement(wiring.Component):
     """Dot products of quantized weights and activations, L elements per cycle.
 
     Members: ``elements`` (in stream of beats), ``results`` (out stream of signed accumulators),
-    ``params`` (parameter memory write port). ``init`` is the parameter memory contents (one dict per word,
-    see :meth:`hw.config.PEConfig.param_init`); without it the memory starts zeroed and is loaded through
+    ``params`` (parameter memory write port). ``init`` is the parameter memory contents (packed words,
+    :meth:`hw.config.PEConfig.param_init`); without it the memory starts zeroed and is loaded through
     ``params``. ``memory="ecp5"`` builds the parameter memory from ECP5 block RAMs with output registers.
     """
 
     FAULTS = PE_FAULTS
 
-    def __init__(self, cfg: PEConfig, init: list | None = None, fault: str | None = None, memory: str = "generic"):
+    def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
         ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
         if fault is not None and fault not in self.FAULTS:
@@ -62,11 +87,7 @@ class ProcessingElement(wiring.Component):
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
             raise ValueError("memory must be 'generic' or 'ecp5' (ECP5 block RAMs start empty: no init)")
         self.cfg, self._init, self.fault, self.memory = cfg, init, fault, memory
-        super().__init__({
-            "elements": In(stream.Signature(cfg.beat_layout)),
-            "results": Out(stream.Signature(signed(cfg.acc_bits))),
-            "params": In(param_write_signature(cfg)),
-        })
+        super().__init__(pe_signature(cfg))
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -88,8 +109,9 @@ class ProcessingElement(wiring.Component):
         if self.memory == "ecp5":
             mem = ECP5ParamMemory(word_bits, cfg.param_words)
         else:
-            init = [cfg.word_layout.const(w).as_value().value for w in cfg.param_init(self._init)]
-            mem = ParamMemory(word_bits, cfg.param_words, init)
+            if self._init is not None and len(self._init) > cfg.param_words:
+                raise ValueError(f"{len(self._init)} parameter words for a memory of {cfg.param_words}")
+            mem = ParamMemory(word_bits, cfg.param_words, self._init)
         m.submodules.params = mem
         m.d.comb += [mem.write_en.eq(self.params.en), mem.write_addr.eq(self.params.addr),
                      mem.write_data.eq(self.params.data.as_value()),

@@ -15,9 +15,9 @@ from sw.intref.contract import LayerContract, superset_format
 from sw.intref.stream import mode_for
 from sw.quant.model import QuantizedModel
 
-from .build import module_name, verilog_ports
+from .build import module_name
 from .config import PEConfig
-from .pe import ProcessingElement
+from .pe import ProcessingElement, verilog_ports
 
 
 def model_pe_config(qm: QuantizedModel, lanes: int, act_bits: int, mode: str = "group") -> PEConfig:
@@ -32,14 +32,16 @@ def model_pe_config(qm: QuantizedModel, lanes: int, act_bits: int, mode: str = "
 
 def write_pe(cfg: PEConfig, name: str, folder: Path, init=None, memory: str = "generic") -> tuple[Path, int]:
     """Verilog of a PE; returns its path and the number of port bits (for pin-limited flows)."""
-    source = verilog.convert(ProcessingElement(cfg, init, memory=memory), name=name, emit_src=False)
+    pe = ProcessingElement(cfg, init, memory=memory)
+    source = verilog.convert(pe, name=name, emit_src=False)
     path = folder / f"{name}.v"
     write_text(path, source)
-    return path, sum(p["width"] for p in verilog_ports(source, name) if p["name"] not in ("clk", "rst"))
+    return path, sum(p["width"] for p in verilog_ports(pe.signature) if p["name"] not in ("clk", "rst"))
 
 
-def layer_pe(contract: LayerContract, lanes: int) -> tuple[PEConfig, list, str]:
+def layer_pe(contract: LayerContract, lanes: int) -> tuple[PEConfig, list[int], str]:
     from sw.intref.stream import StreamLayout
 
     layout = StreamLayout.build(contract, lanes)
-    return PEConfig.for_layer(layout), layout.param_memory(), module_name(contract.name)
+    cfg = PEConfig.for_layer(layout)
+    return cfg, cfg.param_init(layout), module_name(contract.name)

@@ -37,13 +37,13 @@ from tqdm import tqdm
 from hw.config import PEConfig
 from hw.pe import ProcessingElement
 from sw.errors import YoloqError
-from sw.intref.contract import ContractFormat
-from sw.intref.stream import StreamFormat, StreamLayout, bits_for, mode_for
+from sw.intref.packing import bit_matrix, hex_lines
+from sw.intref.stream import StreamLayout, mode_for
 
 from . import DEFAULT_LANES, runner  # DEFAULT_LANES: defined with the package, for the CLI
-from .stimulus import (LayerCase, act_fields, bit_matrix, check_fits, hex_lines, param_fields, weight_fields)
+from .stimulus import LayerCase
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
-from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_verilog, wrapper_verilog
+from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_ports, pe_verilog, wrapper_verilog
 
 
 class CosimError(YoloqError):
@@ -124,16 +124,6 @@ class CosimResult:
 
 
 # ---- planning -------------------------------------------------------------------------------------------------
-def superset_config(layouts: list[StreamLayout]) -> PEConfig:
-    """The PE whose every width bounds those of ``layouts`` (same mode, lanes, k, PWLQ, A, F)."""
-    f = layouts[0].contract.fmt
-    fmt = ContractFormat(f.weight_bits, f.pwlq, f.act_bits, f.scale_bits,
-                         max(lay.contract.fmt.zero_point_bits for lay in layouts),
-                         max(lay.contract.fmt.fan_in for lay in layouts))
-    words = max(lay.param_words for lay in layouts)
-    return PEConfig(StreamFormat(fmt, layouts[0].lanes, bits_for(words), layouts[0].mode), words)
-
-
 def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False) -> list[Build]:
     """Exact: one PE per layer. Otherwise one superset PE per (mode, k, PWLQ, A, F), in first-seen order."""
     builds: dict[tuple, list] = {}
@@ -145,9 +135,9 @@ def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False) -> list
     plan = []
     for items in builds.values():
         layouts = [lay for _, lay in items]
-        cfg = PEConfig.for_layer(layouts[0]) if exact else superset_config(layouts)
+        cfg = PEConfig.for_layer(layouts[0]) if exact else PEConfig.superset(layouts)
         for lay in layouts:
-            check_fits(lay, cfg)
+            cfg.check_fits(lay)
         plan.append(Build(cfg, items))
     return plan
 
@@ -166,9 +156,9 @@ def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
         for case, layout in build.items:
             entry = {"param_base": bases["params"], "weight_base": bases["weights"], "act_base": bases["acts"],
                      "beats": layout.beats, "outs": case.contract.shape[0], "positions": len(case.columns)}
-            for key, fh, (fields, rows) in (("weights", wf, weight_fields(layout, stream)),
-                                            ("acts", af, act_fields(layout, stream, case.columns)),
-                                            ("params", pf, param_fields(layout, cfg))):
+            for key, fh, (fields, rows) in (("weights", wf, layout.weight_fields(stream)),
+                                            ("acts", af, layout.act_fields(case.columns, stream)),
+                                            ("params", pf, layout.param_fields(cfg.param_format))):
                 _write_hex(fh, fields, rows)
                 bases[key] += rows
             entry["param_count"] = layout.param_words
@@ -183,7 +173,10 @@ def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
     (run_dir / "program.hex").write_bytes(hex_lines(bit_matrix(
         [(prog[:, i:i + 1], PROGRAM_FIELD_BITS) for i in range(len(PROGRAM_FIELDS))], len(prog))))
     np.save(run_dir / EXPECTED, np.concatenate(expected) if expected else np.zeros(0, np.int64))
-    (run_dir / MANIFEST).write_text(json.dumps({"layers": layers}))
+    interfaces: dict[str, dict[str, str]] = {}  # the PE's ports by interface and member, for the testbench
+    for (interface, member), name in pe_ports(cfg).items():
+        interfaces.setdefault(interface, {})[member] = name
+    (run_dir / MANIFEST).write_text(json.dumps({"layers": layers, "pe_ports": interfaces}))
     (run_dir / RESULTS).unlink(missing_ok=True)
     (run_dir / REPORT).unlink(missing_ok=True)
     words = {"weights_words": bases["weights"], "acts_words": bases["acts"], "params_words": bases["params"],
@@ -250,7 +243,8 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     t1 = time.perf_counter()
     pe_name, pe_src = pe_verilog(build.cfg, opts.fault, opts.cache or runner.cache_dir())
     top = wrapper_verilog(build.cfg, pe_name, depths)
-    build_dir = runner.build(opts.sim, {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}, opts.cache)
+    build_dir = runner.build(opts.sim, {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}, opts.cache,
+                             public=tuple(pe_ports(build.cfg).values()))
     t2 = time.perf_counter()
     with _LayerProgress(bar, run_dir / RESULTS, len(build.items)):
         outcome = runner.run(opts.sim, build_dir, run_dir, {"tb_seed": opts.seed, "idle": opts.idle,

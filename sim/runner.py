@@ -125,18 +125,16 @@ def simulator_environment(sim: str):
 
 # cocotb's runner verilates with --public-flat-rw, which makes every signal of the design visible through
 # VPI: 3x the C++ and 4x the compile time for a 16-lane PE, and slower models. The testbench only touches
-# the top's ports and the PE's three interfaces, so those are made public by a control file instead.
-PUBLIC_VLT = """`verilator_config
-// Signals the cocotb testbench (sim/tb_pe.py) reads or drives; everything else may be optimised away.
-public_flat_rw -module "yoloq_cosim_tb" -var "*"
-public_flat_rw -module "yoloq_pe_*" -var "elements__*"
-public_flat_rw -module "yoloq_pe_*" -var "results__*"
-public_flat_rw -module "yoloq_pe_*" -var "params__*"
-"""
+# the top's ports and the PE's ports, so those are made public by a control file instead.
+def public_vlt(pe_ports: tuple[str, ...]) -> str:
+    """Verilator control file: the signals the cocotb testbench (sim/tb_pe.py) reads or drives."""
+    lines = ["`verilator_config", 'public_flat_rw -module "yoloq_cosim_tb" -var "*"']
+    lines += [f'public_flat_rw -module "yoloq_pe_*" -var "{name}"' for name in pe_ports]
+    return "\n".join(lines) + "\n"
 
 
 class _Verilator(Verilator):
-    """cocotb's Verilator runner without --public-flat-rw (see PUBLIC_VLT), reusing a compiled runtime.
+    """cocotb's Verilator runner without --public-flat-rw (see :func:`public_vlt`), reusing a compiled runtime.
 
     Verilator's makefile makes its runtime objects depend on the freshly generated ``Vtop.mk``, so seeded
     objects must be copied in (and touched) after verilation and before make: a command in between.
@@ -196,14 +194,15 @@ def _save_runtime(build_dir: Path, runtime: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build(sim: str, sources: dict[str, str], cache: Path | None = None) -> Path:
-    """Compile ``sources`` (file name -> Verilog text; the top is ``yoloq_cosim_tb``); returns the build folder."""
+def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: tuple[str, ...] = ()) -> Path:
+    """Compile ``sources`` (file name -> Verilog text; the top is ``yoloq_cosim_tb``); returns the build folder.
+    ``public``: the PE ports the testbench reads (Verilator keeps them visible)."""
     version = check_simulator(sim)
     import cocotb
 
     args = VERILATOR_ARGS if sim == "verilator" else []
     h = hashlib.sha256()
-    waivers = WAIVERS.read_text() + PUBLIC_VLT if sim == "verilator" else ""
+    waivers = WAIVERS.read_text() + public_vlt(public) if sim == "verilator" else ""
     for part in (sim, version, cocotb.__version__, repr(args), waivers, *sorted(sources.items())):
         h.update(repr(part).encode())
     cache = Path(cache) if cache else cache_dir()
@@ -218,7 +217,7 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None) -> Path:
         (src / name).write_text(text)
         files.append(src / name)
     if sim == "verilator":
-        (src / "public.vlt").write_text(PUBLIC_VLT)
+        (src / "public.vlt").write_text(public_vlt(public))
         files += [WAIVERS, src / "public.vlt"]
     runtime = _runtime_dir(cache, version) if sim == "verilator" else None
     log = tmp / "build.log"

@@ -85,12 +85,12 @@ def format_mismatch(row: dict) -> str:
 
 
 # ---- the cocotb side (imported only inside the simulator) ---------------------------------------------------
-def _bus(dut, prefix: str, names: tuple[str, ...]):
-    """Handles of one interface of the PE by signal prefix (Amaranth flattens ``elements.valid`` to
-    ``elements__valid``), as cocotbext-axi's buses do."""
+def _bus(dut, ports: dict[str, str]):
+    """Handles of one interface of the PE, member -> handle, as cocotbext-axi's buses do; the port names
+    come from the PE's signature (``cosim.json``'s ``pe_ports``, written by :mod:`sim.cosim`)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(**{n: getattr(dut, f"{prefix}__{n}") for n in names})
+    return SimpleNamespace(**{member: getattr(dut, name) for member, name in ports.items()})
 
 
 class CosimTB:
@@ -98,12 +98,12 @@ class CosimTB:
 
     PERIOD_NS = 10
 
-    def __init__(self, dut):
+    def __init__(self, dut, pe_ports: dict[str, dict[str, str]]):
         self.dut = dut
         self.log = dut._log
-        self.elements = _bus(dut.pe, "elements", ("valid", "ready", "payload"))
-        self.results = _bus(dut.pe, "results", ("valid", "ready", "payload"))
-        self.params = _bus(dut.pe, "params", ("en", "addr", "data"))
+        self.elements = _bus(dut.pe, pe_ports["elements"])
+        self.results = _bus(dut.pe, pe_ports["results"])
+        self.params = _bus(dut.pe, pe_ports["params"])
 
     async def reset(self, cycles: int = 3) -> None:
         from cocotb.triggers import ClockCycles
@@ -141,7 +141,7 @@ if cocotb is not None:
     @cocotb.test()
     async def cosim(dut):
         """Every accumulator the RTL produces equals sw's; none missing, none extra, no hang."""
-        tb = CosimTB(dut)
+        tb = CosimTB(dut, json.loads(Path(MANIFEST).read_text())["pe_ports"])
         stats = await tb.run()
         report = compare(Path.cwd())
         report.update(stats)

@@ -8,7 +8,7 @@ module, ``yoloq_cosim_tb``, that
    ``params.hex``, ``program.hex``; see :mod:`sim.stimulus` and :mod:`sim.cosim`);
 2. runs a *program*: one entry per layer, each first writing the layer's parameter words into the PE
    through its ``params`` write port, then streaming every (position, output channel, beat) as
-   ``{weight word, activation word}`` on ``elements``, and waiting until all the layer's results are out;
+   beats on ``elements``, each assembled field by field from a weight word and an activation word, and waiting until all the layer's results are out;
 3. inserts pseudo-random idle cycles on ``elements.valid`` and back-pressure on ``results.ready`` from a
    xorshift32 generator (seed and rates are plusargs, so one build serves every seed);
 4. writes each result as ``<layer> <signed accumulator>`` to ``results.txt`` and raises ``done``; a
@@ -32,12 +32,42 @@ from amaranth.back import verilog
 
 from hw.build import generator_digest
 from hw.config import PEConfig
-from hw.pe import ProcessingElement
+from hw.pe import ProcessingElement, pe_signature, port_name
+from sw.intref.stream import ACTS, WEIGHTS, StreamFormat
 
 TOP = "yoloq_cosim_tb"
 PROGRAM_FIELDS = ("param_base", "param_count", "weight_base", "beats", "outs", "act_base", "positions")
 PROGRAM_FIELD_BITS = 32
 WATCHDOG_CYCLES = 1 << 16  # default of +watchdog=: cycles without any transfer or parameter write
+
+
+# The testbench net on each PE port, by signature member; a port the PE gains without a net here is an error.
+PE_NETS = {("elements", "valid"): "el_valid", ("elements", "ready"): "el_ready", ("elements", "payload"): "beat",
+           ("results", "valid"): "res_valid", ("results", "ready"): "res_ready",
+           ("results", "payload"): "res_payload",
+           ("params", "en"): "p_en", ("params", "addr"): "p_addr", ("params", "data"): "p_data"}
+SOURCE_WORDS = {WEIGHTS: "w_word", ACTS: "a_word"}  # the memory word each beat field is read from
+
+
+def pe_ports(cfg: PEConfig) -> dict[tuple[str, ...], str]:
+    """Verilog port name of every PE signature member the testbench connects."""
+    paths = [path for path, member in pe_signature(cfg).members.flatten() if member.is_port]
+    unknown = set(paths) - set(PE_NETS)
+    if unknown:
+        raise ValueError(f"PE ports without a testbench net: {sorted(map(port_name, unknown))}")
+    return {path: port_name(path) for path in paths}
+
+
+def beat_assembly(stream: StreamFormat) -> str:
+    """Verilog concatenation of a beat from the weight and activation words, field by field in
+    :attr:`StreamFormat.fields` order (each source word packs its fields in that order too)."""
+    offset = dict.fromkeys(SOURCE_WORDS, 0)
+    parts = []
+    for f in stream.fields:
+        lo = offset[f.source]
+        parts.append(f"{SOURCE_WORDS[f.source]}[{lo + f.width - 1}:{lo}]")
+        offset[f.source] += f.width
+    return "{" + ", ".join(reversed(parts)) + "}"
 
 
 def depth_for(n: int, minimum: int = 1024) -> int:
@@ -93,8 +123,9 @@ def _bits(n: int) -> int:
 
 def wrapper_verilog(cfg: PEConfig, pe_name: str, depths: MemoryDepths) -> str:
     """The ``yoloq_cosim_tb`` top module for a PE of ``cfg`` named ``pe_name``."""
-    act_w = cfg.fmt.act_bits * cfg.lanes
-    wgt_w = cfg.stream.width - act_w
+    act_w = sum(f.width for f in cfg.stream.part(ACTS))
+    wgt_w = sum(f.width for f in cfg.stream.part(WEIGHTS))
+    connections = ",\n        ".join(f".{name}({PE_NETS[path]})" for path, name in pe_ports(cfg).items())
     word_w = cfg.word_layout.size
     prog_w = PROGRAM_FIELD_BITS * len(PROGRAM_FIELDS)
     field = {name: f"entry[{(i + 1) * PROGRAM_FIELD_BITS - 1}:{i * PROGRAM_FIELD_BITS}]"
@@ -112,8 +143,8 @@ module {TOP} (
     output reg  [63:0] results_seen,
     output reg  [31:0] layer
 );
-    localparam integer ACT_W = {act_w};      // activation lanes of a beat (low bits)
-    localparam integer WGT_W = {wgt_w};      // code, tail, addr, last (high bits)
+    localparam integer ACT_W = {act_w};      // a beat's fields from the activation memory
+    localparam integer WGT_W = {wgt_w};      // a beat's fields from the weight memory
     localparam integer WORD_W = {word_w};    // one parameter word
     localparam integer ADDR_W = {cfg.addr_bits};
     localparam integer ACC_W = {cfg.acc_bits};
@@ -156,6 +187,7 @@ module {TOP} (
     reg  [31:0]       wp = 0, ap = 0, row = 0;      // weight word, activation word, first activation word of the position
     wire [WGT_W-1:0]  w_word = wmem[wp[{wa - 1}:0]];
     wire [ACT_W-1:0]  a_word = amem[ap[{aa - 1}:0]];
+    wire [ACT_W+WGT_W-1:0] beat = {beat_assembly(cfg.stream)};
     wire              el_ready;
     wire              res_valid;
     wire [ACC_W-1:0]  res_payload;
@@ -173,9 +205,7 @@ module {TOP} (
 
     {pe_name} pe (
         .clk(clk), .rst(rst),
-        .elements__valid(el_valid), .elements__ready(el_ready), .elements__payload({{w_word, a_word}}),
-        .results__valid(res_valid), .results__ready(res_ready), .results__payload(res_payload),
-        .params__en(p_en), .params__addr(p_addr), .params__data(p_data)
+        {connections}
     );
 
     // ---- driver ----

@@ -44,6 +44,13 @@ def test_build_yolov7_layer_lints_clean_and_agrees_with_quantizer(qm7, yolov7_pw
                                                       "params__en", "params__addr", "params__data", "clk", "rst"}
     payload = next(p for p in manifest["ports"] if p["name"] == "results__payload")
     assert payload["width"] == manifest["contract"]["acc_bits"]
+    # the manifest's ports come from the PE's signature: they are exactly the Verilog module's
+    source = verilog.read_text()
+    top = source[source.index(f"\nmodule {manifest['module']}("):]
+    declared = re.findall(r"^\s*(input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?(\w+)\s*;",
+                          top[:top.index("\nendmodule")], re.M)
+    assert sorted((p["name"], p["dir"], p["width"]) for p in manifest["ports"]) == \
+        sorted((n, d, int(msb) + 1 if msb else 1) for d, msb, n in declared)
 
 
 def test_memory_files_hold_the_layer(qm7, yolov7_pwlq_mix3, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from amaranth import ClockDomain, Module
+from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from hw.config import PEConfig
@@ -21,6 +22,12 @@ def _layer(method, gran, bits=4, shape=(3, 5, 3, 3), act_bits=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(shape, generator=g) * torch.rand(shape[0], 1, 1, 1, generator=g)
     return LayerContract.from_record("model.1.conv", quantize_tensor(w, method, bits, gran), act_bits, 16)
+
+
+def _pe(layout, **kwargs):
+    """The layer's exact PE, its parameters preloaded."""
+    cfg = PEConfig.for_layer(layout)
+    return ProcessingElement(cfg, cfg.param_init(layout), **kwargs)
 
 
 def _stimulus(layout, positions=2, seed=0):
@@ -81,6 +88,42 @@ def _run(pe, dots, expected, *, valid_p=1.0, ready_p=1.0, seed=0, load=None):
     return got
 
 
+def _param_dicts(cfg, layout):
+    """The layer's parameter words as values of the PE's Amaranth word layout, built here from the contract."""
+    c = layout.contract
+    scale, zero_point = c.scale_int.tolist(), c.zero_point.tolist()
+
+    def group(g):
+        if g >= len(scale):  # lane mode: unused slots
+            return {"scale": [0] * c.fmt.regions, **({"zero_point": 0} if c.fmt.zero_point_bits else {})}
+        word = {"scale": scale[g]}
+        if c.fmt.zero_point_bits:  # the stored zero-point: the PWLQ tail's, else the only one
+            word["zero_point"] = zero_point[g][1 if c.fmt.pwlq else 0]
+        return word
+    if layout.mode == "group":
+        return [group(g) for g in range(layout.param_words)]
+    return [{"lanes": [group(w * cfg.lanes + i) for i in range(cfg.lanes)]} for w in range(layout.param_words)]
+
+
+@pytest.mark.parametrize("method,gran,lanes", [("pwlq", "cshape", 4), ("pwlq", "fshape", 3), ("affine", "filter", 2),
+                                               ("symmetric", "fshape", 4), ("affine", "fshape", 1)])
+def test_amaranth_layouts_pack_like_sw(method, gran, lanes):
+    """The PE's views (hw.config) of sw's field lists put every value at the bits sw's packer does."""
+    layout = StreamLayout.build(_layer(method, gran, seed=6), lanes)
+    cfg = PEConfig.for_layer(layout)
+    dicts = _param_dicts(cfg, layout)
+    assert [cfg.word_layout.const(d).as_value().value for d in dicts] == cfg.param_init(layout)
+    assert cfg.word_layout.size == cfg.param_format.width
+    wb = layout.weight_beats(2)
+    acts = np.arange(layout.beats * lanes).reshape(layout.beats, lanes) % 256 - 128
+    packed = cfg.stream.pack({**wb, "act": acts})
+    for b in range(layout.beats):
+        beat = {name: (v[b].tolist() if np.ndim(v) > 1 else int(v[b])) for name, v in {**wb, "act": acts}.items()}
+        assert cfg.beat_layout.const(beat).as_value().value == packed[b]
+        view = data.Const(cfg.beat_layout, packed[b])  # signedness: codes and activations read back signed
+        assert [view.code[i] for i in range(lanes)] == beat["code"] and [view.act[i] for i in range(lanes)] == beat["act"]
+
+
 CASES = [("pwlq", "cshape", 4), ("pwlq", "fshape", 4), ("affine", "filter", 3), ("symmetric", "channel", 2),
          ("symmetric-full", "layer", 1), ("affine", "fshape", 8), ("pwlq", "filter", 16)]
 
@@ -90,7 +133,7 @@ def test_pe_matches_sw_beat_model(method, gran, lanes):
     c = _layer(method, gran)
     layout = StreamLayout.build(c, lanes)
     dots, expected = _stimulus(layout)
-    pe = ProcessingElement(PEConfig.for_layer(layout), layout.param_memory())
+    pe = _pe(layout)
     assert _run(pe, dots, expected) == expected
 
 
@@ -99,7 +142,7 @@ def test_pe_under_back_pressure_and_idle_cycles(method, gran, lanes):
     c = _layer(method, gran, seed=1)
     layout = StreamLayout.build(c, lanes)
     dots, expected = _stimulus(layout, seed=1)
-    pe = ProcessingElement(PEConfig.for_layer(layout), layout.param_memory())
+    pe = _pe(layout)
     assert _run(pe, dots, expected, valid_p=0.6, ready_p=0.4, seed=3) == expected
 
 
@@ -108,7 +151,7 @@ def test_pe_parameters_loaded_through_write_port():
     layout = StreamLayout.build(c, 4)
     cfg = PEConfig.for_layer(layout)
     dots, expected = _stimulus(layout, seed=2)
-    words = [cfg.word_layout.const(w).as_value().value for w in cfg.param_init(layout.param_memory())]
+    words = cfg.param_init(layout)
     assert _run(ProcessingElement(cfg), dots, expected, load=words) == expected
 
 
@@ -116,7 +159,7 @@ def test_pe_latency_matches_config():
     c = _layer("affine", "filter")
     layout = StreamLayout.build(c, 4)
     cfg = PEConfig.for_layer(layout)
-    pe = ProcessingElement(cfg, layout.param_memory())
+    pe = _pe(layout)
     dots, _ = _stimulus(layout, positions=1)
     seen = {}
     sim = Simulator(pe)
@@ -143,7 +186,7 @@ def test_pe_latency_matches_config():
 def test_pe_reset_discards_partial_dot_product():
     c = _layer("pwlq", "cshape", seed=4)
     layout = StreamLayout.build(c, 4)
-    pe = ProcessingElement(PEConfig.for_layer(layout), layout.param_memory())
+    pe = _pe(layout)
     dots, expected = _stimulus(layout, seed=4)
     top = Module()
     top.domains.sync = cd = ClockDomain("sync")
@@ -183,5 +226,5 @@ def test_faulty_variants_are_caught(fault):
     c = _layer("affine", "cshape", shape=(3, 24, 3, 3), act_bits=10, seed=5)
     layout = StreamLayout.build(c, 4)
     dots, expected = _stimulus(layout, seed=5)
-    pe = ProcessingElement(PEConfig.for_layer(layout), layout.param_memory(), fault=fault)
+    pe = _pe(layout, fault=fault)
     assert _run(pe, dots, expected) != expected

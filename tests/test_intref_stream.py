@@ -45,7 +45,7 @@ def test_pack_round_trip():
     acts = np.full((layout.beats, 4), -5)
     words = fmt.pack({**wb, "act": acts})
     offset = 0
-    for name, bits, items in fmt.fields:
+    for name, bits, items in ((f.name, f.bits, f.items) for f in fmt.fields):
         for item in range(items):
             got = [(w >> offset) & ((1 << bits) - 1) for w in words]
             src = acts if name == "act" else np.asarray(wb[name]).reshape(layout.beats, items)

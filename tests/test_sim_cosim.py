@@ -12,19 +12,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from amaranth.lib import data
 
 from hw.build import weight_words
 from hw.config import PEConfig
 from hw.pe import ProcessingElement
 from sim.capture import conv_input, image_paths, layer_case, receptive_fields, sample_positions
-from sim.cosim import Options, cosimulate, plan_builds, superset_config
+from sim.cosim import Options, cosimulate, plan_builds
 from sim.runner import SimulatorError, check_simulator
-from sim.stimulus import (LayerCase, act_fields, bit_matrix, hex_lines, param_fields, reference_accumulators,
-                          weight_fields, words_of)
+from sim.stimulus import LayerCase, reference_accumulators
 from sim.tb_pe import format_mismatch
 from sw.cli import main
 from sw.intref.contract import ActQuant, ContractFormat, LayerContract
 from sw.intref.network import IntegerConv2d
+from sw.intref.packing import bit_matrix, hex_lines, words_of
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
 from sw.quant.artifact import load_quantized
 from sw.quant.model import QuantSpec, quantize_layer
@@ -66,8 +67,8 @@ def test_packing_is_streamformat_pack_and_hw_build_files(method, gran):
     cfg = PEConfig.for_layer(layout)
     fmt = layout.stream_format()
     case = _random_case(c, positions=2)
-    w_fields, w_rows = weight_fields(layout, cfg.stream)
-    a_fields, a_rows = act_fields(layout, cfg.stream, case.columns)
+    w_fields, w_rows = layout.weight_fields(cfg.stream)
+    a_fields, a_rows = layout.act_fields(case.columns, cfg.stream)
     w_words, a_words = words_of(bit_matrix(w_fields, w_rows)), words_of(bit_matrix(a_fields, a_rows))
     act_width = fmt.fmt.act_bits * LANES
     acts = layout.act_beats(case.columns)
@@ -77,9 +78,7 @@ def test_packing_is_streamformat_pack_and_hw_build_files(method, gran):
             rows = range(o * layout.beats, (o + 1) * layout.beats)
             assert beats == [(w_words[r] << act_width) | a_words[p * layout.beats + b] for b, r in enumerate(rows)]
     assert w_words == weight_words(layout)[0]  # the content of hw/build's weights.hex
-    p_fields, p_rows = param_fields(layout, cfg)
-    want = [cfg.word_layout.const(w).as_value().value for w in cfg.param_init(layout.param_memory())]
-    assert words_of(bit_matrix(p_fields, p_rows)) == want
+    assert words_of(bit_matrix(*layout.param_fields(cfg.param_format))) == cfg.param_init(layout)
     lines = hex_lines(bit_matrix(w_fields, w_rows)).decode().split("\n")
     assert lines[-1] == "" and [int(v, 16) for v in lines[:-1]] == w_words
     assert {len(v) for v in lines[:-1]} == {-(-(fmt.width - act_width) // 4)}
@@ -93,11 +92,11 @@ def test_superset_pe_bounds_every_layer_and_packs_wider_fields():
     cfg = builds[0].cfg
     assert cfg.acc_bits >= max(c.fmt.acc_bits for c in cs)
     assert cfg.fmt.zero_point_bits == max(c.fmt.zero_point_bits for c in cs)
+    assert cfg.param_words == max(lay.param_words for _, lay in builds[0].items)
     for _, layout in builds[0].items:  # zero-points sign-extend into the wider field
-        fields, rows = param_fields(layout, cfg)
-        want = [cfg.word_layout.const(w).as_value().value for w in cfg.param_init(layout.param_memory())]
-        assert words_of(bit_matrix(fields, rows)) == want
-    assert superset_config([lay for _, lay in builds[0].items]) == cfg
+        for word, z in zip(cfg.param_init(layout), layout.contract.zero_point[:, 1].tolist()):
+            assert data.Const(cfg.word_layout, word).zero_point == z
+    assert PEConfig.superset([lay for _, lay in builds[0].items]) == cfg
     assert len(plan_builds([_random_case(c) for c in cs], LANES, exact=True)) == 2
 
 

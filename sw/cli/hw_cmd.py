@@ -6,11 +6,12 @@ import math
 from pathlib import Path
 
 from ..atomic import write_json
-from ..errors import CheckpointError, QuantizationError
+from ..errors import QuantizationError
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
 from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
                      calib_dir, coco_root, eval_kwargs, int_in, spec_from_args)
+from .hw_common import pe_layer_names, quantized_layers
 
 
 # Modules adding ``yoloq hw`` subcommands of their own (``add_parser(hw_subparsers)``), one per line.
@@ -77,30 +78,6 @@ def add_parser(sub) -> None:
 
     for module in HW_SUBCOMMANDS:  # further ``yoloq hw`` subcommands, each with add_parser(hw_subparsers)
         module.add_parser(hw)
-
-
-def quantized_layers(path: str):
-    """The QuantizedModel inside a quantized artifact, with a clear error for anything else."""
-    from ..checkpoint import load_model
-
-    loaded = load_model(path)
-    if loaded.kind != "quantized":
-        raise CheckpointError(f"{path}: not a quantized artifact (make one with `yoloq quantize`)")
-    return loaded.extras["quantized"]
-
-
-def pe_layer_names(qm, requested: list[str] | None, source: str) -> list[str]:
-    """The quantized layers named in ``requested`` (None: every quantized layer), each checked to have a PE."""
-    quantized = [n for n, r in qm.layers.items() if r.qt is not None]
-    if requested is None:
-        return quantized
-    for name in requested:
-        if name not in qm.layers:
-            raise QuantizationError(f"{source}: no layer {name!r}; layers are {', '.join(quantized[:4])}, ... "
-                                    f"({len(quantized)} quantized)")
-        if qm.layers[name].qt is None:
-            raise QuantizationError(f"{name} was left in FP16 ({qm.layers[name].note}); it has no PE")
-    return list(dict.fromkeys(requested))
 
 
 def run_build(args) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..atomic import write_json
 from .common import (ACT_BITS, add_data_arg, add_quant_args, calib_dir, check_output_dir, check_output_file,
                      coco_root, int_in, spec_from_args)
+from .hw_common import pe_layer_names, quantized_layers
 
 
 def add_parser(hw_subparsers) -> None:
@@ -65,7 +66,6 @@ def _model(args):
     """(QuantizedModel, seconds spent quantizing)."""
     from ..checkpoint import load_model
     from ..quant.model import quantize_model
-    from .hw_cmd import quantized_layers  # (imported here: hw_cmd registers this module)
 
     if args.quantized:
         return quantized_layers(args.quantized), 0.0
@@ -77,7 +77,6 @@ def _model(args):
 def run(args) -> int:
     from sim.capture import image_paths, network_cases
     from sim.cosim import CosimError, Options, cosimulate, summary
-    from .hw_cmd import pe_layer_names  # (imported here: hw_cmd registers this module)
     from sw.intref.validate import HardwareFormat
 
     t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..atomic import write_json
 from ..errors import QuantizationError
 from .common import ACT_BITS, check_output_dir, check_output_file, float_in, int_in
+from .hw_common import pe_layer_names, quantized_layers
 
 
 def _ints(text: str, flag: str, lo: int, hi: int) -> list[int]:
@@ -62,7 +63,6 @@ def _config(args):
     if not 2 <= args.bits <= 8:
         raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
     if args.quantized or args.layer:
-        from .hw_cmd import pe_layer_names, quantized_layers
 
         if not (args.quantized and args.layer):
             raise QuantizationError("--quantized and --layer go together")

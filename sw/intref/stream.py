@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..quant.pwlq import unpack_tail
 from .contract import ContractFormat, LayerContract
+from .packing import Field, bit_matrix, field_columns, words_of
 
 MODES = ("group", "lane")
 
@@ -37,9 +39,17 @@ def bits_for(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
+WEIGHTS, ACTS = "weights", "acts"  # where a beat field's values come from: per output channel / per position
+
+
 @dataclass(frozen=True)
 class StreamFormat:
-    """Bit layout of one beat, LSB first: act[L], code[L], tail[L] (PWLQ only), addr, last."""
+    """Bit layout of one beat, LSB first: act[L], code[L], tail[L] (PWLQ only), addr, last.
+
+    :attr:`fields` is the one definition of the beat: the PE's Amaranth layout (``hw.config``), the packed
+    stimulus and ``hw build``'s ``weights.hex`` (:meth:`StreamLayout.weight_fields`), and the testbench's
+    beat assembly (``sim.wrapper``) are all derived from it.
+    """
 
     fmt: ContractFormat
     lanes: int
@@ -47,31 +57,84 @@ class StreamFormat:
     mode: str
 
     @property
-    def fields(self) -> list[tuple[str, int, int]]:
-        """(name, bits per item, items) in packing order."""
+    def fields(self) -> tuple[Field, ...]:
         f, lanes = self.fmt, self.lanes
-        fields = [("act", f.act_bits, lanes), ("code", f.weight_bits, lanes)]
+        fields = [Field("act", f.act_bits, True, lanes, ACTS), Field("code", f.weight_bits, True, lanes, WEIGHTS)]
         if f.pwlq:
-            fields.append(("tail", 1, lanes))
-        return fields + [("addr", self.addr_bits, 1), ("last", 1, 1)]
+            fields.append(Field("tail", 1, False, lanes, WEIGHTS))
+        return (*fields, Field("addr", self.addr_bits, False, None, WEIGHTS), Field("last", 1, False, None, WEIGHTS))
+
+    def part(self, source: str) -> tuple[Field, ...]:
+        """The fields whose values come from ``source`` (WEIGHTS or ACTS), in packing order."""
+        return tuple(f for f in self.fields if f.source == source)
 
     @property
     def width(self) -> int:
-        return sum(bits * n for _, bits, n in self.fields)
+        return sum(f.width for f in self.fields)
+
+    @property
+    def param_format(self) -> "ParamFormat":
+        return ParamFormat(self.fmt, self.lanes if self.mode == "lane" else 1)
 
     def pack(self, beats: dict[str, np.ndarray]) -> list[int]:
         """Pack arrays (leading dim = beat; lane fields [beats, L]) into one integer per beat."""
-        n = len(beats["last"])
-        words = [0] * n
-        offset = 0
-        for name, bits, items in self.fields:
-            values = np.asarray(beats[name]).reshape(n, items).astype(np.int64) & ((1 << bits) - 1)
-            for item in range(items):
-                col = values[:, item].tolist()
-                for i in range(n):
-                    words[i] |= col[i] << offset
-                offset += bits
-        return words
+        n = len(np.asarray(beats["last"]).reshape(-1))
+        return words_of(bit_matrix(field_columns(self.fields, beats, n), n))
+
+
+@dataclass(frozen=True)
+class ParamFormat:
+    """Bit layout of one parameter-memory word, LSB first: ``groups_per_word`` groups (1, or L in lane mode),
+    each scale[R] (unsigned F-bit mantissas, one per region) then, where the layer has them, one signed
+    Z-bit zero-point: the only one (affine) or the tail's (PWLQ; the centre's is always 0).
+
+    The one definition of the parameter word: the PE's layout (``hw.config``), its initial contents, the
+    testbench's ``params.hex`` and ``hw build``'s all come from :meth:`fields_of`.
+    """
+
+    fmt: ContractFormat
+    groups_per_word: int
+
+    @property
+    def group_fields(self) -> tuple[Field, ...]:
+        f = self.fmt
+        scale = Field("scale", f.scale_bits, False, f.regions)
+        return (scale, Field("zero_point", f.zero_point_bits, True)) if f.zero_point_bits else (scale,)
+
+    @property
+    def zero_point_region(self) -> int:
+        """The region whose zero-point is stored (PWLQ: the tail)."""
+        return 1 if self.fmt.pwlq else 0
+
+    def uses_zero_point(self, region: int) -> bool:
+        """Whether ``region`` has a stored zero-point (else it is fixed at 0: symmetric; the PWLQ centre)."""
+        return bool(self.fmt.zero_point_bits) and region == self.zero_point_region
+
+    @property
+    def width(self) -> int:
+        return self.groups_per_word * sum(f.width for f in self.group_fields)
+
+    def group_values(self, contract: LayerContract) -> dict[str, np.ndarray]:
+        """Each group's field values, [G, items]."""
+        return {"scale": contract.scale_int.numpy().astype(np.int64),
+                "zero_point": contract.zero_point.numpy().astype(np.int64)[:, self.zero_point_region:][:, :1]}
+
+    def fields_of(self, contract: LayerContract, depth: int) -> tuple[list, int]:
+        """(columns, rows) for :func:`~sw.intref.packing.bit_matrix`: ``depth`` words holding every group of
+        ``contract`` (lane mode: unused slots zero). A format wider than the layer's sign-extends its values."""
+        slots = depth * self.groups_per_word
+        values = {}
+        for name, v in self.group_values(contract).items():
+            if len(v) > slots:
+                raise ValueError(f"{contract.name}: {len(v)} groups do not fit {depth} parameter words")
+            padded = np.zeros((slots, v.shape[1]), dtype=np.int64)
+            padded[:len(v)] = v
+            values[name] = padded.reshape(depth, self.groups_per_word, -1)
+        columns = [(values[f.name][:, g], f.bits) for g in range(self.groups_per_word) for f in self.group_fields]
+        return columns, depth
+
+    def pack(self, contract: LayerContract, depth: int) -> list[int]:
+        return words_of(bit_matrix(*self.fields_of(contract, depth)))
 
 
 @dataclass
@@ -128,34 +191,51 @@ class StreamLayout:
     def stream_format(self) -> StreamFormat:
         return StreamFormat(self.contract.fmt, self.lanes, bits_for(self.param_words), self.mode)
 
-    def weight_beats(self, out_channel: int) -> dict[str, np.ndarray]:
-        """Per-beat code, tail bit, address and last flag for one output channel."""
+    def weight_values(self, channels: slice | int = slice(None)) -> dict[str, np.ndarray]:
+        """Per-beat values of the WEIGHTS fields (code, tail, addr, last) of the given output channels:
+        [o, beats, L] for lane fields, [o, beats] for the others (idle lanes: code 0, tail 0)."""
+        c = self.contract
+        o = c.shape[0]
+        picked = np.arange(o)[channels]
         idx = self.lane_element
         idle = idx < 0
-        flat_codes = self.contract.codes.reshape(self.contract.shape[0], -1)[out_channel].numpy().astype(np.int64)
-        codes = np.where(idle, 0, flat_codes[np.maximum(idx, 0)])
-        beats = {"code": codes, "addr": self.beat_addr[out_channel], "last": np.r_[[0] * (self.beats - 1), 1]}
-        if self.contract.fmt.pwlq:
-            flat_tail = self.contract.region.reshape(self.contract.shape[0], -1)[out_channel].numpy()
-            beats["tail"] = np.where(idle, 0, flat_tail[np.maximum(idx, 0)]).astype(np.int64)
-        return beats
+        gather = np.maximum(idx, 0)
+        codes = c.codes.reshape(o, -1).numpy().astype(np.int64)[picked][..., gather]
+        last = np.zeros((o, self.beats), dtype=np.int64)[picked]
+        last[..., -1] = 1
+        values = {"code": np.where(idle, 0, codes), "addr": self.beat_addr[picked].astype(np.int64), "last": last}
+        if c.fmt.pwlq:
+            tails = c.region.reshape(o, -1).numpy().astype(np.int64)[picked][..., gather]
+            values["tail"] = np.where(idle, 0, tails)
+        return values
+
+    def weight_beats(self, out_channel: int) -> dict[str, np.ndarray]:
+        """Per-beat code, tail bit, address and last flag for one output channel."""
+        return self.weight_values(out_channel)
+
+    def weight_fields(self, stream: StreamFormat | None = None) -> tuple[list, int]:
+        """(columns, rows) of every output channel's beats without their activations (channel-major), in
+        ``stream``'s layout (default: this layer's own): what ``weights.hex`` holds."""
+        stream = stream or self.stream_format()
+        rows = self.contract.shape[0] * self.beats
+        return field_columns(stream.part(WEIGHTS), self.weight_values(), rows), rows
+
+    def act_fields(self, columns: np.ndarray, stream: StreamFormat | None = None) -> tuple[list, int]:
+        """(columns, rows) of the activation part of every beat of each im2col row of ``columns`` [P, N]."""
+        stream = stream or self.stream_format()
+        acts = self.act_beats(np.asarray(columns, dtype=np.int64))  # [P, beats, L]
+        rows = acts.shape[0] * self.beats
+        return field_columns(stream.part(ACTS), {"act": acts}, rows), rows
 
     def act_beats(self, columns: np.ndarray) -> np.ndarray:
         """Activation codes per beat and lane, [..., beats, L], from im2col columns [..., N] (idle lanes: 0)."""
         idx = self.lane_element
         return np.where(idx < 0, 0, np.take(columns, np.maximum(idx, 0), axis=-1))
 
-    def param_memory(self) -> list[dict]:
-        """Parameter memory contents: per word, scale and zero-point of each region (and each lane in lane mode)."""
-        s, z = self.contract.scale_int.tolist(), self.contract.zero_point.tolist()
-        if self.mode == "group":
-            return [{"scale": s[g], "zero_point": z[g]} for g in range(self.param_words)]
-        words = []
-        for w in range(self.param_words):
-            groups = [w * self.lanes + lane for lane in range(self.lanes)]
-            words.append({"scale": [s[g] if g < len(s) else [0] * len(s[0]) for g in groups],
-                          "zero_point": [z[g] if g < len(z) else [0] * len(z[0]) for g in groups]})
-        return words
+    def param_fields(self, param_format: ParamFormat | None = None) -> tuple[list, int]:
+        """(columns, rows) of this layer's parameter words in ``param_format`` (default: its own)."""
+        pf = param_format or self.stream_format().param_format
+        return pf.fields_of(self.contract, self.param_words)
 
 
 def im2col(x_int: torch.Tensor, contract: LayerContract, stride: int, padding: int, pad_code: int) -> np.ndarray:
@@ -167,13 +247,11 @@ def im2col(x_int: torch.Tensor, contract: LayerContract, stride: int, padding: i
 
 
 def _split(code: np.ndarray, tail: np.ndarray | None, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(sign, u): a tail code's top bit and sign-extended low k-1 bits; (+1, code) elsewhere."""
+    """(sign, u): a tail code's sign and value (:func:`sw.quant.pwlq.unpack_tail`); (+1, code) elsewhere."""
     if tail is None:
         return np.ones_like(code), code
-    low = np.mod(code, 1 << (k - 1))
-    u_tail = np.where(low >= 1 << (k - 2), low - (1 << (k - 1)), low)
-    negative = (code < 0) & (tail == 1)
-    return np.where(negative, -1, 1), np.where(tail == 1, u_tail, code)
+    negative, u_tail = (t.numpy() for t in unpack_tail(torch.from_numpy(code), k))
+    return np.where(negative & (tail == 1), -1, 1), np.where(tail == 1, u_tail, code)
 
 
 def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> np.ndarray:
