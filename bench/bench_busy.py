@@ -83,10 +83,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--images", type=int, default=32, help="COCO images evaluated (default 32)")
     ap.add_argument("--unprotected", action="store_true", help="also measure without the thread policy (slow)")
+    ap.add_argument("--tasks", default="quantize,eval", help="comma-separated: quantize, eval (default both)")
     args = ap.parse_args()
     rows = []
     policies = [True, False] if args.unprotected else [True]
-    for task in ("quantize", "eval"):
+    for task in args.tasks.split(","):
         for policy in policies:
             idle = run_measure(task, args.images, policy)
             loaded = busy(lambda: run_measure(task, args.images, policy))
