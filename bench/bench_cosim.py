@@ -9,6 +9,11 @@ what a rerun or a second model of the same kind costs.
 
 from __future__ import annotations
 
+try:
+    from .common import table  # first: it applies the thread policy before torch loads
+except ImportError:
+    from common import table
+
 import argparse
 import tempfile
 from pathlib import Path
@@ -18,11 +23,6 @@ from sim.cosim import Options, cosimulate
 from sw.checkpoint import load_model
 from sw.paths import data_file
 from sw.quant.model import QuantSpec, quantize_model
-
-try:
-    from .common import table
-except ImportError:
-    from common import table
 
 
 def main() -> None:

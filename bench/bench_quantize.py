@@ -9,6 +9,11 @@ layer's group count, since running it in full would take hours for channel-wise.
 
 from __future__ import annotations
 
+try:
+    from .common import table  # first: it applies the thread policy before torch loads
+except ImportError:
+    from common import table
+
 import argparse
 import time
 
@@ -19,11 +24,6 @@ from sw.models import YoloModel, builtin_config, to_deploy
 from sw.quant.granularity import num_groups, to_groups
 from sw.quant.model import QuantSpec, quantize_model
 from sw.quant.quantizer import quantize_tensor
-
-try:
-    from .common import table
-except ImportError:
-    from common import table
 
 
 def per_group_loop_seconds(model, spec: QuantSpec, sample_groups: int) -> float:

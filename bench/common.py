@@ -1,8 +1,20 @@
-"""Helpers shared by the benchmarks: timing and ratio tables. Benchmarks print; they never assert on time."""
+"""Helpers shared by the benchmarks: timing and ratio tables. Benchmarks print; they never assert on time.
+
+Imported first by every benchmark: it applies yoloq's thread policy (sw.threads) before torch loads, as
+every entry point does, so benchmarks measure what users get.
+"""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's sw, hw, sim
+
+from sw.threads import apply_thread_policy  # noqa: E402
+
+apply_thread_policy()
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import common  # noqa: E402,F401 (the thread policy, before any benchmark loads torch)
 
 if __name__ == "__main__":
     for script in sorted(HERE.glob("bench_*.py")):

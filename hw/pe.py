@@ -32,6 +32,7 @@ from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from . import PE_FAULTS
 from .arith import add_tree, multiply
 from .config import PEConfig
 from .param_memory import READ_LATENCY, ECP5ParamMemory, ParamMemory
@@ -78,7 +79,7 @@ class ProcessingElement(wiring.Component):
     ``params``. ``memory="ecp5"`` builds the parameter memory from ECP5 block RAMs with output registers.
     """
 
-    FAULTS = ("zero_point_off_by_one", "dropped_carry")
+    FAULTS = PE_FAULTS
 
     def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:

@@ -112,33 +112,38 @@ def layer_case(contract, conv: torch.nn.Conv2d, x: torch.Tensor, positions: int,
 @torch.no_grad()
 def network_cases(qm: QuantizedModel, names: list[str], positions: int, images: list[Path], calib_dir: Path,
                   fmt: HardwareFormat = HardwareFormat(), img_size: int = 640, seed: int = 0,
-                  progress: bool = True) -> list[LayerCase]:
-    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``."""
-    hw, _, _ = hardware_model(qm, fmt, calib_dir, progress)
+                  progress: bool = True, hardware=None) -> list[LayerCase]:
+    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``.
+
+    Only the work these layers need: the network is calibrated, and run on each image, only as far as them.
+    ``hardware``: :func:`hardware_model`'s result for ``qm`` and ``fmt`` when the caller has it (calibrate once).
+    """
+    hw, _, _ = hardware or hardware_model(qm, fmt, calib_dir, progress, upto=names)
     modules = dict(hw.named_modules())
     stride = int(qm.model.stride.max())
     per_image = [positions // len(images) + (i < positions % len(images)) for i in range(len(images))]
     columns: dict[str, list] = {n: [] for n in names}
     expected: dict[str, list] = {n: [] for n in names}
     labels: dict[str, list] = {n: [] for n in names}
-    state = {"image": 0}
+    state = {"image": 0, "seen": set()}
 
     def hook(name):
         def capture(conv: IntegerConv2d, inputs, _output):
             acc = conv.last_acc
             conv.last_acc = None
             i = state["image"]
-            if per_image[i] == 0:
-                return
-            oh, ow = acc.shape[2:]
-            where = sample_positions(name, i, oh, ow, per_image[i], seed)
-            cols = receptive_fields(conv.act.quantize(inputs[0]), conv, where)
-            want = np.stack([acc[0, :, y, x].numpy() for y, x in where])
-            if not np.array_equal(reference_accumulators(conv.contract, cols), want):
-                raise CaptureError(f"{name}: captured activations do not reproduce the conv's accumulators")
-            columns[name].append(cols)
-            expected[name].append(want)
-            labels[name] += [(i, y, x) for y, x in where]
+            if per_image[i]:
+                where = sample_positions(name, i, *acc.shape[2:], per_image[i], seed)
+                cols = receptive_fields(conv.act.quantize(inputs[0]), conv, where)
+                want = np.stack([acc[0, :, y, x].numpy() for y, x in where])
+                if not np.array_equal(reference_accumulators(conv.contract, cols), want):
+                    raise CaptureError(f"{name}: captured activations do not reproduce the conv's accumulators")
+                columns[name].append(cols)
+                expected[name].append(want)
+                labels[name] += [(i, y, x) for y, x in where]
+            state["seen"].add(name)
+            if len(state["seen"]) == len(names):
+                raise _Captured  # every chosen layer has its input: the rest of the network is not needed
         return capture
 
     handles = []
@@ -148,12 +153,17 @@ def network_cases(qm: QuantizedModel, names: list[str], positions: int, images: 
         handles.append(conv.register_forward_hook(hook(n)))
     try:
         for i, path in enumerate(tqdm(images, desc="capture", unit="image", disable=not progress, leave=False)):
-            state["image"] = i
+            state["image"], state["seen"] = i, set()
             image = load_letterboxed(path, i, img_size, stride)
-            hw(torch.from_numpy(image.array)[None].float() / 255.0)
+            try:
+                hw(torch.from_numpy(image.array)[None].float() / 255.0)
+            except _Captured:
+                pass
     finally:
         for h in handles:
             h.remove()
+        for n in names:
+            modules[n].keep_acc = False
     cases = []
     for n in names:
         conv = modules[n]

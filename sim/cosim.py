@@ -40,13 +40,12 @@ from sw.errors import YoloqError
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
 
-from . import runner
+from . import DEFAULT_LANES, runner  # DEFAULT_LANES: defined with the package, for the CLI
 from .ecp5_memory import DP16KD_MODEL
 from .stimulus import LayerCase
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
 from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_ports, pe_verilog, wrapper_verilog
 
-DEFAULT_LANES = 16
 MEMORIES = ("generic", "ecp5")
 
 

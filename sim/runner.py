@@ -30,9 +30,9 @@ from cocotb_tools.runner import Verilator, get_runner
 from hw.lint import WAIVERS
 from sw.errors import YoloqError
 
+from . import SIMULATORS  # noqa: F401 (defined with the package, for the CLI)
 from .wrapper import TOP
 
-SIMULATORS = ("icarus", "verilator")
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "out" / "sim_build"
 TEST_MODULE = "sim.tb_pe"
 CACHE_ENV = "YOLOQ_SIM_CACHE"

@@ -3,14 +3,18 @@ fail (never skip) with a message naming what is missing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+from sw.threads import apply_thread_policy
 
-from sw.paths import data_file
+# Before torch loads: passive OpenMP waiting, and pytest-xdist's workers share the usable CPUs (sw.threads).
+apply_thread_policy(share=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
-torch.set_num_threads(1)  # pytest-xdist runs two workers on two cores
+import pytest  # noqa: E402
+import torch  # noqa: E402,F401 (loaded here, after the policy, whatever a test module imports first)
+
+from sw.paths import data_file  # noqa: E402
 
 
 @pytest.fixture(scope="session")

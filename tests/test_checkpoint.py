@@ -123,6 +123,7 @@ def test_unknown_state_dict_asks_for_cfg(tmp_path):
         load_model(path)
 
 
+@pytest.mark.slow  # writing the generated YOLOv7 checkpoint takes about 20 s
 def test_generated_yolov7_round_trip(yolov7_generated_path):
     obj = read_torch_zip(yolov7_generated_path)
     assert set(obj) >= {"model", "epoch", "optimizer", "ema"}

@@ -10,7 +10,7 @@ import torch
 
 from sw.cli import main
 from sw.eval.boxes import box_iou, unletterbox
-from sw.eval.coco import load_coco
+from sw.eval.coco import detect, detect_many, load_coco, score
 from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
 from sw.eval.nms import greedy_nms, non_max_suppression
@@ -92,6 +92,23 @@ def test_letterbox_minimal_padding_and_inverse(coco_root):
 def test_missing_coco_is_named(tmp_path, capsys):
     assert main(["eval", "--weights", str(tmp_path / "none.pt"), "--coco", str(tmp_path)]) == 2
     assert "none.pt: checkpoint file not found" in capsys.readouterr().err
+
+
+def test_pipelined_eval_equals_the_sequential_path(yolov5n, coco_root):
+    """Decoding and NMS overlapped with the forward pass, and several models in one pass over the images,
+    change nothing: the same detections in the same order, the same mAP. Batches of 2 over 5 images, so
+    several batches are in flight at once."""
+    coco = load_coco(coco_root, limit=5)
+    kwargs = dict(stride=int(yolov5n.stride.max()), img_size=320, batch_size=2, progress=False)
+    flipped = lambda x: yolov5n(x.flip(-1))  # noqa: E731 - a second model with other detections
+    sequential = {tag: detect(m, coco, pipeline=False, **kwargs) for tag, m in (("a", yolov5n), ("b", flipped))}
+    together, _ = detect_many({"a": yolov5n, "b": flipped}, coco, **kwargs)
+    for tag in ("a", "b"):
+        assert list(together[tag]) == list(sequential[tag])
+        assert all(torch.equal(together[tag][i], sequential[tag][i]) for i in sequential[tag])
+        assert score(coco, together[tag]) == score(coco, sequential[tag])
+    assert score(coco, sequential["a"])["map50"] > 0  # real detections were compared
+    assert not all(torch.equal(sequential["a"][i], sequential["b"][i]) for i in sequential["a"])
 
 
 @pytest.mark.slow

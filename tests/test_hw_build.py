@@ -13,6 +13,9 @@ from sw.intref.contract import LayerContract
 from sw.intref.stream import StreamLayout
 from sw.checkpoint.artifact import load_quantized
 
+# Every test elaborates PEs (Amaranth, yosys) for layers of a quantized YOLOv7 (tens of seconds to make).
+pytestmark = pytest.mark.slow
+
 
 def _layer_of(qm, granularity):
     return next(n for n, r in qm.layers.items() if r.qt is not None and r.granularity == granularity)

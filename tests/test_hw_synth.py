@@ -15,6 +15,7 @@ from sw.intref.contract import ContractFormat
 SMALL = PEConfig.generic(ContractFormat(4, True, 8, 16, 0, 72, 19), lanes=2, mode="group", groups=64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["generic", "ice40"])
 def test_synthesis_only_targets(target, tmp_path):
     verilog, port_bits = write_pe(SMALL, "pe_small", tmp_path)

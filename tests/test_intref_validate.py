@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sw.cli import main
 
 
@@ -20,6 +22,7 @@ def test_hw_validate_cli_writes_the_keys(yolov5n_path, coco_root, tmp_path):
     assert all(layer["acc_bits"] <= 53 for layer in r["layers"])
 
 
+@pytest.mark.slow
 def test_hw_formats_resumes(yolov5n_path, coco_root, tmp_path):
     args = ["hw", "formats", "--weights", str(yolov5n_path), "--coco", str(coco_root), "--limit", "2",
             "--calib-images", "2", "--granularity", "filter", "--act-bits-list", "6,8", "--scale-bits-list", "8",
@@ -31,3 +34,21 @@ def test_hw_formats_resumes(yolov5n_path, coco_root, tmp_path):
     result = json.loads((tmp_path / "formats.json").read_text())
     assert [(p["act_bits"], p["scale_bits"]) for p in result["points"]] == [(6, 8), (8, 8)]
     assert (tmp_path / "formats.png").stat().st_size > 1000
+
+
+def test_calibrating_as_far_as_some_layers_gives_them_the_whole_networks_quantizers(yolov5n):
+    """`hw cosim --layers` / partial runs calibrate only up to the chosen layers; those layers' activation
+    quantizers are exactly the ones a whole-network calibration gives them (per-layer sampling)."""
+    from sw.intref.calibrate import calibrate
+    from sw.paths import data_file
+    from sw.quant.model import QuantSpec, quantize_model
+
+    qm = quantize_model(yolov5n, QuantSpec("affine", 4, "filter"), progress=False)
+    names = [n for n, r in qm.layers.items() if r.qt is not None]
+    calib = data_file("coco128/images/train2017")
+    kwargs = dict(images=3, img_size=320, batch_size=2, progress=False)
+    whole = calibrate(qm.model, names, calib, **kwargs)
+    chosen = ["model.2.cv1.conv", "model.4.cv2.conv"]
+    partial = calibrate(qm.model, names, calib, stop_after=chosen, **kwargs)
+    assert set(chosen) <= set(partial) and len(partial) < len(names) / 2  # stopped early
+    assert set(partial) <= set(whole) and all(partial[n] == whole[n] for n in partial)

@@ -282,6 +282,7 @@ def test_cosim_cli_on_a_yolov7_layer(yolov7_pwlq_mix3, tmp_path, capsys):
     assert "MACs verified" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the quantized YOLOv7 fixture takes half a minute to make
 def test_cosim_cli_errors(yolov7_pwlq_mix3, tmp_path, monkeypatch, capsys):
     q = str(yolov7_pwlq_mix3)
     assert main(["hw", "cosim", "--quantized", q, "--positions", "0"]) == 2

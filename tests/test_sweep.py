@@ -33,8 +33,9 @@ EVAL = dict(img_size=640, conf_thres=0.001, iou_thres=0.65, max_det=300, batch_s
 
 @pytest.fixture
 def restore_threads():
+    threads = torch.get_num_threads()
     yield
-    torch.set_num_threads(1)  # a sweep in this process sets its own count; give the other tests theirs back
+    torch.set_num_threads(threads)  # a sweep in this process sets its own count; give the other tests theirs back
 
 
 # ---------------------------------------------------------------- plan and --bits

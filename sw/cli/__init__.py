@@ -1,28 +1,15 @@
-"""The ``yoloq`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``."""
+"""The ``yoloq`` command line. Each subcommand lives in its own module with ``add_parser`` and ``run``;
+:mod:`.parser` puts them together without loading torch."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from .. import __version__, limits
-from . import demo_cmd, eval_cmd, fetch_cmd, generate_cmd, hw_cmd, quantize_cmd, sweep_cmd
+from ..threads import apply_thread_policy
 
-COMMANDS = [eval_cmd, quantize_cmd, sweep_cmd, hw_cmd, generate_cmd, fetch_cmd, demo_cmd]
+apply_thread_policy()  # before any command imports torch: see sw.threads
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="yoloq",
-        description="Quantize YOLO detectors and generate bit-exact FPGA processing elements.",
-        epilog="Data is found via --data, then $YOLOQ_DATA, then ../shared/data beside the checkout. "
-               + limits.describe() + " Exit status 2: bad input; 3: internal error (use --debug).")
-    parser.add_argument("--version", action="version", version=f"yoloq {__version__}")
-    parser.add_argument("--debug", action="store_true", help="print the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.add_parser(sub)
-    return parser
+from .parser import COMMANDS, build_parser  # noqa: E402,F401 (build_parser: the parser, also for tests)
 
 
 def main(argv: list[str] | None = None) -> int:

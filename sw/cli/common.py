@@ -109,9 +109,7 @@ def eval_kwargs(args) -> dict:
 
 def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     """The quantization flags of ``yoloq quantize`` (also taken by commands that quantize first)."""
-    from ..quant.granularity import MIXES, SINGLE
-    from ..quant.model import CHANNEL_1X1
-    from ..quant.record import METHODS
+    from ..quant.names import CHANNEL_1X1, METHODS, MIXES, SINGLE
 
     g = p.add_argument_group("quantization")
     g.add_argument("--method", choices=METHODS, default="pwlq", help="quantizer (default pwlq)")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from ..atomic import write_json
-from ..checkpoint import load_model
-from ..eval.coco import evaluate, format_table, load_coco
 from .common import add_data_arg, add_eval_args, check_output_file, coco_root, eval_kwargs
 
 
@@ -24,6 +21,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..atomic import write_json
+    from ..checkpoint import load_model
+    from ..eval.coco import evaluate, format_table, load_coco
+
     check_output_file(args.json, "--json")
     loaded = load_model(args.weights, cfg=args.cfg)
     coco = load_coco(coco_root(args), limit=args.limit)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from ..checkpoint.official import generate_weights, write_official_checkpoint
-from ..eval.coco_classes import NAMES
-from ..models import BUILTIN, YoloModel, builtin_config, to_deploy
+from ..models.configs import BUILTIN
 
 
 def add_parser(sub) -> None:
@@ -21,6 +19,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..checkpoint.official import generate_weights, write_official_checkpoint
+    from ..eval.coco_classes import NAMES
+    from ..models import YoloModel, builtin_config, to_deploy
+
     model = generate_weights(YoloModel(builtin_config(args.model), names=NAMES), seed=args.seed)
     if args.deploy:
         to_deploy(model)

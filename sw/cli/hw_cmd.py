@@ -6,13 +6,7 @@ import math
 from pathlib import Path
 
 from ..atomic import write_json
-from ..checkpoint import load_model
-from ..eval.coco import load_coco
 from ..errors import QuantizationError
-from ..intref.contract import LayerContract
-from ..intref.formats import formats_table, run_formats, write_report
-from ..intref.validate import HardwareFormat, validate
-from ..quant.model import quantize_model
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
 from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
@@ -89,6 +83,8 @@ def add_parser(sub) -> None:
 def run_build(args) -> int:
     from hw.build import build_layers
 
+    from ..intref.contract import LayerContract
+
     if not 1 <= args.lanes <= 256:
         raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
     check_output_dir(args.output, "-o")
@@ -115,6 +111,11 @@ def _int_list(text: str, flag: str, hi: int) -> list[int]:
 
 
 def run_formats_cmd(args) -> int:
+    from ..checkpoint import load_model
+    from ..eval.coco import load_coco
+    from ..intref.formats import formats_table, run_formats, write_report
+    from ..quant.model import quantize_model
+
     acts = _int_list(args.act_bits_list, "--act-bits-list", 16)
     scales = _int_list(args.scale_bits_list, "--scale-bits-list", 24)
     check_output_dir(args.output, "-o")
@@ -133,6 +134,11 @@ def _format_row(label: str, r: dict) -> str:
 
 
 def run_validate(args) -> int:
+    from ..checkpoint import load_model
+    from ..eval.coco import load_coco
+    from ..intref.validate import HardwareFormat, validate
+    from ..quant.model import quantize_model
+
     spec = spec_from_args(args)
     check_output_file(args.json, "--json")
     loaded = load_model(args.weights)

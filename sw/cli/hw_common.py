@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from ..checkpoint import load_model
 from ..errors import CheckpointError, QuantizationError
 
 
 def quantized_layers(path: str):
     """The QuantizedModel inside a quantized artifact, with a clear error for anything else."""
+    from ..checkpoint import load_model  # (here: building the parser loads no torch)
+
     loaded = load_model(path)
     if loaded.kind != "quantized":
         raise CheckpointError(f"{path}: not a quantized artifact (make one with `yoloq quantize`)")

@@ -16,8 +16,8 @@ from .hw_common import pe_layer_names, quantized_layers
 
 
 def add_parser(hw_subparsers) -> None:
-    from sim.cosim import DEFAULT_LANES
-    from sim.runner import SIMULATORS
+    from hw import PE_FAULTS
+    from sim import DEFAULT_LANES, SIMULATORS
 
     p = hw_subparsers.add_parser(
         "cosim", help="co-simulate the PE on a model's layers (cocotb; Icarus or Verilator), bit-exact vs sw",
@@ -46,7 +46,7 @@ def add_parser(hw_subparsers) -> None:
     g.add_argument("--seed", type=int_in(0), default=1, help="seed of the positions and of the idle/stall generator")
     g.add_argument("--idle", type=int, default=32, help="idle cycles on elements.valid, per 256 (default 32)")
     g.add_argument("--stall", type=int, default=32, help="results.ready low, per 256 cycles (default 32)")
-    g.add_argument("--fault", choices=_faults(),
+    g.add_argument("--fault", choices=PE_FAULTS,
                    help="build a deliberately wrong PE (mutation check): the run must report mismatches")
     g.add_argument("--jobs", type=int, default=2, help="simulations run at once (default 2)")
     g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
@@ -54,17 +54,12 @@ def add_parser(hw_subparsers) -> None:
     h = p.add_argument_group("hardware format (integer contract)")
     h.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     h.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
-    h.add_argument("--calib-images", type=int_in(1), default=32, help="calibration images used (default 32)")
+    h.add_argument("--calib-images", type=int_in(1), default=32,
+                   help="calibration images used (default 32); the network runs only as far as the chosen layers")
     p.add_argument("--coco", metavar="DIR", help="COCO root with images/val2017/ (default: <data>/coco)")
     add_quant_args(p)
     add_data_arg(p)
     p.set_defaults(run=run)
-
-
-def _faults():
-    from hw.pe import ProcessingElement
-
-    return ProcessingElement.FAULTS
 
 
 def _model(args):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import QuantizationError
-from ..intref.contract import LayerContract
 from .common import ACT_BITS, check_output_dir, check_output_file, float_in, int_in
 from .hw_common import pe_layer_names, quantized_layers
 
@@ -58,6 +57,8 @@ def add_parser(hw) -> None:
 def _config(args):
     from hw.synth_configs import layer_pe, model_pe_config
     from hw.synth_table import yolov7_quantized
+
+    from ..intref.contract import LayerContract
 
     if not 2 <= args.bits <= 8:
         raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import time
 
-from ..atomic import write_json
-from ..checkpoint import load_model
-from ..checkpoint.artifact import save_quantized
-from ..quant.model import quantize_model
-from ..quant.report import summary_table
 from .common import add_quant_args, check_output_file, spec_from_args
 
 
@@ -27,6 +22,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..atomic import write_json
+    from ..checkpoint import load_model
+    from ..checkpoint.artifact import save_quantized
+    from ..quant.model import quantize_model
+    from ..quant.report import summary_table
+
     spec = spec_from_args(args)
     check_output_file(args.output, "-o")
     check_output_file(args.json, "--json")

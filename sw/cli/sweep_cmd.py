@@ -9,8 +9,7 @@ from .common import add_data_arg, add_eval_args, check_output_dir, coco_root, ev
 
 
 def add_parser(sub) -> None:
-    from ..sweep.plan import DEFAULT_BITS, PRESETS
-    from ..sweep.runner import EXECUTORS
+    from ..sweep.plan import DEFAULT_BITS, EXECUTORS, PRESETS
 
     p = sub.add_parser(
         "sweep", help="the paper's study: Tables I and II, Fig. 4, equal-storage comparison (resumable, parallel)",
@@ -55,8 +54,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..sweep import plan, run_study
-    from ..sweep.study import default_workers
+    from ..sweep.plan import plan
+    from ..sweep.study import default_workers, run_study
 
     configs = plan(args.preset, args.bits)
     check_output_dir(args.output, "-o")

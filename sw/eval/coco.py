@@ -12,6 +12,8 @@ import json
 import math
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -155,34 +157,85 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
     return CocoSubset(root, ann_file, paths, sizes, targets, gt, skipped)
 
 
-def detect(predict: Callable[[torch.Tensor], torch.Tensor], coco: CocoSubset, *, img_size: int = 640,
-           stride: int = 32, conf_thres: float = 0.001, iou_thres: float = 0.65, max_det: int = 300,
-           batch_size: int = 8, progress: bool = True, desc: str = "eval") -> dict[int, torch.Tensor]:
-    """Detections per image id, [n, 6] (x1, y1, x2, y2, score, class) in original-image pixels."""
-    batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], img_size, stride, batch_size)
-    results = {}
-    dropped = 0
-    bar = tqdm(total=len(coco.paths), desc=desc, unit="img", disable=not progress, leave=False)
+def _postprocess(pred: torch.Tensor, items, conf_thres: float, iou_thres: float, max_det: int):
+    """NMS of one batch's predictions, boxes mapped back to original-image pixels: ([(image id, [n, 6])],
+    number of predictions dropped because they held NaN or infinite values: those are never scored)."""
+    out = []
+    finite = torch.isfinite(pred).all(dim=-1, keepdim=True)
+    dropped = int((~finite).sum())
+    if dropped:  # zero rows fall below any score threshold
+        pred = torch.where(finite, pred, torch.zeros((), dtype=pred.dtype))
     with torch.inference_mode():
-        for images, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
-                                              skipped=coco.skipped):
-            pred = predict(images.float() / 255.0)
-            finite = torch.isfinite(pred).all(dim=-1, keepdim=True)
-            if not bool(finite.all()):  # never scored: zero rows fall below any score threshold
-                dropped += int((~finite).sum())
-                pred = torch.where(finite, pred, torch.zeros((), dtype=pred.dtype))
-            for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
-                det = det.double()
-                det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
-                results[it.image_id] = det
-            bar.update(len(items))
-    bar.close()
-    if dropped:
-        warn(f"{desc}: {dropped} predictions with NaN or infinite values were dropped, not scored")
+        for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
+            det = det.double()
+            det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
+            out.append((it.image_id, det))
+    return out, dropped
+
+
+def detect(predict: Callable[[torch.Tensor], torch.Tensor], coco: CocoSubset, **kwargs) -> dict[int, torch.Tensor]:
+    """Detections per image id, [n, 6] (x1, y1, x2, y2, score, class) in original-image pixels
+    (keyword arguments: :func:`detect_many`'s)."""
+    return detect_many({"": predict}, coco, **kwargs)[0][""]
+
+
+def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coco: CocoSubset, *,
+                img_size: int = 640, stride: int = 32, conf_thres: float = 0.001, iou_thres: float = 0.65,
+                max_det: int = 300, batch_size: int = 8, progress: bool = True, desc: str = "eval",
+                pipeline: bool = True) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, float]]:
+    """:func:`detect` for several models in one pass over the images (each batch decoded once, then run
+    through every model): per model, its detections (the same as a pass of its own) and its forward seconds.
+
+    With ``pipeline`` (default) the forward passes are the only work on this thread: the next batch is
+    decoded and the previous batches' NMS runs in background threads meanwhile (numpy and the image decoder
+    release the GIL). The detections are the same tensors as without it, in the same order.
+    """
+    batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], img_size, stride, batch_size)
+    results: dict[str, dict[int, torch.Tensor]] = {tag: {} for tag in predicts}
+    forward_s = dict.fromkeys(predicts, 0.0)
+    bar = tqdm(total=len(coco.paths) * len(predicts), desc=desc, unit="img", disable=not progress, leave=False)
+
+    dropped = dict.fromkeys(predicts, 0)
+
+    def collect(tag, done):
+        batch, dropped[tag] = done[0], dropped[tag] + done[1]
+        for image_id, det in batch:
+            results[tag][image_id] = det
+        bar.update(len(batch))
+
+    post = ThreadPoolExecutor(max_workers=1) if pipeline else None
+    pending: deque = deque()
+    try:
+        with torch.inference_mode():
+            for images, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
+                                                  skipped=coco.skipped):
+                x = images.float() / 255.0
+                for tag, predict in predicts.items():
+                    t0 = time.perf_counter()
+                    pred = predict(x)
+                    forward_s[tag] += time.perf_counter() - t0
+                    if post is None:
+                        collect(tag, _postprocess(pred, items, conf_thres, iou_thres, max_det))
+                        continue
+                    pending.append((tag, post.submit(_postprocess, pred, items, conf_thres, iou_thres, max_det)))
+                    while len(pending) > 2 or (pending and pending[0][1].done()):  # bounded: predictions are large
+                        tag_done, future = pending.popleft()
+                        collect(tag_done, future.result())
+            while pending:
+                tag_done, future = pending.popleft()
+                collect(tag_done, future.result())
+    finally:
+        if post is not None:
+            post.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    for tag, n in dropped.items():
+        if n:
+            warn(f"{desc}{' ' + tag if tag else ''}: {n} predictions with NaN or infinite values were dropped, "
+                 "not scored")
     for image_id, reason in coco.skipped.items():
         if isinstance(image_id, int) and image_id in coco.paths:
             warn(f"{reason}; skipped")
-    return results
+    return results, forward_s
 
 
 def _coco_map(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> tuple[float, float]:
@@ -236,6 +289,20 @@ def evaluate(predict, coco: CocoSubset, **kwargs) -> dict:
     result = score(coco, detections)
     result.update(images=len(detections), skipped=skipped, seconds=round(time.perf_counter() - t0, 2))
     return result
+
+
+def evaluate_many(predicts: dict[str, Callable], coco: CocoSubset, **kwargs) -> dict[str, dict]:
+    """:func:`evaluate` of several models in one pass over the images (:func:`detect_many`); the same results
+    as separate evaluations. Each result's ``seconds`` is its own forward passes plus its scoring (the
+    shared decoding and NMS overlap them)."""
+    detections, forward_s = detect_many(predicts, coco, **kwargs)
+    results = {}
+    for tag, dets in detections.items():
+        t0 = time.perf_counter()
+        result = score(coco, dets)
+        result.update(images=len(dets), seconds=round(forward_s[tag] + time.perf_counter() - t0, 2))
+        results[tag] = result
+    return results
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:

@@ -5,10 +5,16 @@ images. The codes span [min, c]: the observed minimum (YOLO's conv inputs follow
 negative number or 0) and a clipping value c chosen to minimise the mean squared error of A-bit
 quantization of the samples, over a grid of fractions of the observed maximum. MSE clipping trades a few
 saturated outliers for finer steps everywhere else, which plain max calibration cannot.
+
+Each layer samples with its own generator (seeded by the seed and the layer's name), so a layer's quantizer
+does not depend on which other layers are calibrated with it: ``stop_after`` (calibrate only as far as some
+layers, for co-simulating or building a few) gives those layers exactly the quantizers a whole-network
+calibration gives them.
 """
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import torch
@@ -49,25 +55,44 @@ def mse_clip(samples: torch.Tensor, lo: float, hi: float, bits: int) -> ActQuant
     return candidates[int(errors.argmin())]
 
 
+class _Reached(Exception):
+    """Ends a calibration forward pass once every ``stop_after`` layer has seen its input."""
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * (1 << 32) + zlib.crc32(name.encode()))
+
+
 @torch.no_grad()
 def calibrate(model: torch.nn.Module, conv_names: list[str], folder: str | Path, act_bits: int = 8,
               images: int = 32, img_size: int = 640, batch_size: int = 8, seed: int = 0,
-              progress: bool = True) -> dict[str, ActQuant]:
-    """Activation quantizer per conv input, from ``images`` calibration images run through ``model``."""
+              progress: bool = True, stop_after: list[str] | None = None) -> dict[str, ActQuant]:
+    """Activation quantizer per conv input, from ``images`` calibration images run through ``model``.
+
+    With ``stop_after``, each forward pass ends as soon as those layers have seen their input: only the convs
+    that ran by then (every layer the ``stop_after`` layers depend on) are calibrated and returned.
+    """
     paths, sizes = calibration_images(folder, images)
     modules = dict(model.named_modules())
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in conv_names}
     lows: dict[str, float] = {n: 0.0 for n in conv_names}
     highs: dict[str, float] = {n: 0.0 for n in conv_names}
-    gen = torch.Generator().manual_seed(seed)
+    gens = {n: _generator(seed, n) for n in conv_names}
+    waiting = set(stop_after or ())
+    if waiting - set(conv_names):
+        raise KeyError(f"stop_after names layers that are not calibrated: {sorted(waiting - set(conv_names))}")
+    seen: set[str] = set()
 
     def hook(name):
         def record(_module, inputs):
             x = inputs[0].detach().flatten()
             lows[name] = min(lows[name], float(x.min()))
             highs[name] = max(highs[name], float(x.max()))
-            idx = torch.randint(0, x.numel(), (min(SAMPLES_PER_BATCH, x.numel()),), generator=gen)
+            idx = torch.randint(0, x.numel(), (min(SAMPLES_PER_BATCH, x.numel()),), generator=gens[name])
             samples[name].append(x[idx].clone())
+            seen.add(name)
+            if waiting and waiting <= seen:
+                raise _Reached
         return record
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in conv_names]
@@ -76,13 +101,19 @@ def calibrate(model: torch.nn.Module, conv_names: list[str], folder: str | Path,
         batches = shape_batches(list(sizes.items()), img_size, stride, batch_size)
         for batch, _ in tqdm(prefetch_batches(batches, paths, img_size, stride), total=len(batches),
                              desc="calibrate", unit="batch", disable=not progress, leave=False):
-            model(batch.float() / 255.0)
+            seen.clear()
+            try:
+                model(batch.float() / 255.0)
+            except _Reached:
+                pass
     finally:
         for h in handles:
             h.remove()
     quantizers = {}
     for n in conv_names:
+        if not samples[n]:  # after the stop_after layers: never reached
+            continue
         pool = torch.cat(samples[n])
-        pool = pool[torch.randperm(pool.numel(), generator=gen)[:SAMPLES_PER_LAYER]]
+        pool = pool[torch.randperm(pool.numel(), generator=gens[n])[:SAMPLES_PER_LAYER]]
         quantizers[n] = mse_clip(pool, lows[n], highs[n], act_bits)
     return quantizers

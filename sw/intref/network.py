@@ -71,10 +71,13 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def build_hardware_model(qm: QuantizedModel, act_quant: dict[str, ActQuant], act_bits: int = 8,
-                         scale_bits: int = 16):
-    """(hardware-exact model, contracts): a copy of ``qm.model`` with every quantized conv made integer."""
+                         scale_bits: int = 16, partial: bool = False):
+    """(hardware-exact model, contracts): a copy of ``qm.model`` with every quantized conv made integer.
+    ``partial``: only the convs in ``act_quant`` (a calibration that stopped early); the contracts are theirs."""
     model = copy.deepcopy(qm.model).eval()
     contracts = layer_contracts(qm, act_bits, scale_bits)
+    if partial:
+        contracts = {n: c for n, c in contracts.items() if n in act_quant}
     convs = model.conv_layers()
     for name, contract in contracts.items():
         if name not in act_quant:

@@ -19,16 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import QuantizationError
-
-GROUP_AXES: dict[str, tuple[int, ...]] = {
-    "layer": (),
-    "filter": (0,),
-    "channel": (0, 1),
-    "fshape": (1, 2, 3),
-    "cshape": (0, 2, 3),
-}
-SINGLE = tuple(GROUP_AXES)
-MIXES = {"mix4": ("filter", "channel", "fshape", "cshape"), "mix3": ("filter", "fshape", "cshape")}
+from .names import GROUP_AXES, MIXES, SINGLE  # noqa: F401 (re-exported: defined without torch for the CLI)
 
 
 def check_granularity(name: str) -> None:

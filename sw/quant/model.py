@@ -32,10 +32,10 @@ from ..models import fold_all_bn, to_deploy
 from ..models.yolo import YoloModel
 from .accounting import DEFAULT_SCALE_BITS, LayerStorage, fp16_storage, quantized_storage, savings
 from .granularity import MIXES
+from .names import CHANNEL_1X1  # noqa: F401 (re-exported: defined without torch for the CLI)
 from .quantizer import check_request, error_stats, quantize_tensor
 from .record import QuantizedTensor, dequantize
 
-CHANNEL_1X1 = ("fp16", "quantize")
 
 
 @dataclass(frozen=True)

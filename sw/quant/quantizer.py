@@ -9,10 +9,10 @@ import torch
 from ..errors import QuantizationError
 from . import pwlq
 from .granularity import MIXES, SINGLE, check_granularity, from_groups, to_groups
+from .names import MAX_BITS, MIN_BITS  # noqa: F401 (re-exported: defined without torch for the CLI)
 from .record import METHODS, QuantizedTensor
 from .uniform import affine_params, code_range, quantize, symmetric_scale
 
-MIN_BITS, MAX_BITS = 2, 8
 BREAKPOINTS = ("search", "approx")
 
 

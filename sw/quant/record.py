@@ -9,7 +9,7 @@ import torch
 from . import pwlq
 from .granularity import from_groups, to_groups
 
-METHODS = ("affine", "symmetric", "symmetric-full", "pwlq")
+from .names import METHODS  # noqa: F401 (re-exported: defined without torch for the CLI)
 
 
 @dataclass

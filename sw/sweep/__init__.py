@@ -8,6 +8,15 @@ Modules: :mod:`.plan` (configurations, presets, ``--bits``), :mod:`.store` (one 
 """
 
 from .plan import BASELINE, Config, parse_bits, plan
-from .study import StudyResult, run_study
+
+
+def __getattr__(name: str):
+    """The study is loaded on first use: the command line reads the plan's names without loading torch."""
+    if name in ("StudyResult", "run_study"):
+        from . import study
+
+        return getattr(study, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["BASELINE", "Config", "parse_bits", "plan", "StudyResult", "run_study"]

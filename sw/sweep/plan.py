@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import QuantizationError, SweepError
-from ..quant.model import QuantSpec
-from ..quant.quantizer import MAX_BITS, MIN_BITS
+from ..quant.names import MAX_BITS, MIN_BITS
 
 BASELINE_METHOD = "baseline"
 # The paper's Table I order; "Uniform" in its tables is the affine quantizer.
@@ -22,6 +21,7 @@ PAPER_BITS = 4
 REFERENCE_8BIT = ("affine", 8, "filter")  # an almost-lossless row to read the 4-bit losses against
 PRESETS = ("table1", "table2", "fig4", "all")
 DEFAULT_BITS = "2-8"
+EXECUTORS = ("local", "ray")  # where the configurations run (sw.sweep.runner)
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ class Config:
             return BASELINE_METHOD
         return f"{self.method}-{self.bits}b-{self.granularity}"
 
-    def spec(self) -> QuantSpec:
+    def spec(self) -> "QuantSpec":
         """The quantization this configuration asks for (the paper's default policy otherwise)."""
+        from ..quant.model import QuantSpec  # (here: the CLI reads PRESETS without loading torch)
+
         if self.is_baseline:
             raise SweepError("the baseline configuration is not quantized; it has no QuantSpec")
         return QuantSpec(method=self.method, bits=self.bits, granularity=self.granularity)

@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SweepError
-from .plan import Config
+from ..threads import export_wait_policy, usable_cpus
+from .plan import EXECUTORS, Config
 from .store import FAILED, OK, ResultStore
 
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,6 @@ class Job:
     eval: dict = field(default_factory=dict)     # keyword arguments of sw.eval.coco.evaluate
     threads: int = 1
     cfg: str | None = None                       # architecture of a plain state_dict
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity, which a container may narrow), else the CPU count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
 
 
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
@@ -179,6 +171,7 @@ class LocalExecutor:
         self.pool = self._new_pool()
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
+        export_wait_policy()  # spawned workers import torch at once; the policy must be in their environment
         return cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                       initializer=_init_worker)
 
@@ -225,8 +218,9 @@ class RayExecutor:
         self.owns_instance = not ray.is_initialized()
         if self.owns_instance:
             common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
-            if address:
-                ray.init(address=address, **common)
+            export_wait_policy()  # a local instance's workers inherit this environment
+            if address:  # a cluster's workers do not: pass the policy along (set before a worker imports torch)
+                ray.init(address=address, runtime_env={"env_vars": export_wait_policy()}, **common)
             else:  # a private instance bound to loopback only
                 ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **common)
         if gpus is None:

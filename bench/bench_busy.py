@@ -1,0 +1,102 @@
+"""The busy machine: yoloq's quantize and eval beside one other torch process, as a ratio to the idle run.
+
+The other process is what a second yoloq command, pytest-xdist's other worker or a sweep worker looks like
+without yoloq's policy: a small matmul/sort loop with torch's default settings (default threads, OpenMP's
+default wait policy; started with OMP_WAIT_POLICY and OMP_NUM_THREADS removed from its environment).
+Each measurement runs in a fresh process that applies sw.threads' policy first, as every entry point does;
+``--unprotected`` adds the same measurements without the policy, to show what it prevents (slow: the issue
+measured 25x). Idle and busy runs are measured in the same run, one after the other.
+"""
+
+from __future__ import annotations
+
+try:
+    from .common import table  # first: it applies the thread policy before torch loads
+except ImportError:
+    from common import table
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+SPINNER = """
+import torch
+a = torch.randn(192, 192)
+while True:
+    (a @ a).sort(dim=1)
+"""
+
+
+# One measurement, in a fresh interpreter that imports nothing of this folder (bench/common applies the policy).
+MEASURE = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+if {policy}:
+    from sw.threads import apply_thread_policy
+    apply_thread_policy()
+from sw.checkpoint import load_model
+from sw.paths import data_file
+model = load_model(data_file("yolov5n/yolov5n.pt")).model
+if {task!r} == "quantize":
+    from sw.quant.model import QuantSpec, quantize_model
+    t0 = time.perf_counter()
+    quantize_model(model, QuantSpec("pwlq", 4, "mix3"), progress=False)
+else:
+    from sw.eval.coco import evaluate, load_coco
+    coco = load_coco(data_file("coco"), limit={images})
+    t0 = time.perf_counter()
+    evaluate(model, coco, progress=False)
+print(json.dumps({{"seconds": time.perf_counter() - t0}}))
+"""
+
+
+def clean_env() -> dict:
+    """The environment without any thread setting: torch's defaults (this process has the policy's)."""
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+
+
+def run_measure(task: str, images: int, policy: bool) -> float:
+    """Seconds of ``task`` (quantize: yolov5n to 4-bit PWLQ mix3; eval: yolov5n on ``images`` COCO images)."""
+    code = MEASURE.format(repo=str(REPO), policy=policy, task=task, images=images)
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.splitlines()[-1])["seconds"]
+
+
+def busy(fn):
+    """``fn()`` while the default-settings torch loop runs beside it."""
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], env=clean_env())
+    try:
+        time.sleep(2.0)  # let it load torch and start spinning
+        return fn()
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--images", type=int, default=32, help="COCO images evaluated (default 32)")
+    ap.add_argument("--unprotected", action="store_true", help="also measure without the thread policy (slow)")
+    ap.add_argument("--tasks", default="quantize,eval", help="comma-separated: quantize, eval (default both)")
+    args = ap.parse_args()
+    rows = []
+    policies = [True, False] if args.unprotected else [True]
+    for task in args.tasks.split(","):
+        for policy in policies:
+            idle = run_measure(task, args.images, policy)
+            loaded = busy(lambda: run_measure(task, args.images, policy))
+            label = f"{task}" + (f" ({args.images} images)" if task == "eval" else " (yolov5n, PWLQ 4-bit mix3)")
+            rows.append([label, "sw.threads policy" if policy else "torch defaults", round(idle, 2),
+                         round(loaded, 2), round(loaded / idle, 2)])
+    print(f"CPUs usable: {len(os.sched_getaffinity(0))}; the other process: torch matmul/sort loop, default settings")
+    print(table(["task", "threads", "idle s (baseline)", "beside one torch process s", "ratio"], rows))
+
+
+if __name__ == "__main__":
+    main()
