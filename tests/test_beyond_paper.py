@@ -143,3 +143,79 @@ def test_spec_rejects_bad_options():
     for bad in (dict(rounding="round"), dict(calib_images=0), dict(budget_bits=-1.0), dict(budget_bits=float("nan"))):
         with pytest.raises(QuantizationError):
             QuantSpec(**bad).validate()
+
+
+# ---- real YOLOv5n: the improved artifact, the hardware, the budget ------------------------------------------------
+@pytest.fixture(scope="module")
+def gptq_artifact(yolov5n_path, tmp_path_factory):
+    """YOLOv5n, 4-bit PWLQ F-shape, GPTQ rounding and bias correction on 2 calibration images, via the CLI."""
+    from sw.cli import main
+
+    out = tmp_path_factory.mktemp("gptq")
+    path, report = out / "v5n-gptq.yqa", out / "v5n-gptq.json"
+    assert main(["quantize", "--weights", str(yolov5n_path), "-o", str(path), "--json", str(report), "--quiet",
+                 "--granularity", "fshape", "--rounding", "gptq", "--bias-correction", "--calib-images", "2"]) == 0
+    return path, json.loads(report.read_text())
+
+
+@pytest.mark.slow
+def test_gptq_artifact_lowers_output_error_and_keeps_format(gptq_artifact, yolov5n):
+    from sw.quant.artifact import VERSION, load_quantized
+    from sw.quant.calibration import collect_input_stats
+    from sw.quant.model import default_calib_dir, prepare
+
+    path, report = gptq_artifact
+    assert report["spec"]["rounding"] == "gptq" and report["spec"]["bias_correction"]
+    qm = load_quantized(path).extras["quantized"]
+    manifest = json.loads(__import__("zipfile").ZipFile(path).read("yoloq.json"))
+    assert manifest["version"] == VERSION == 2
+    fp = prepare(yolov5n, False)
+    convs = fp.conv_layers()
+    stats = collect_input_stats(fp, list(convs), default_calib_dir(), images=2, progress=False)
+    changed = lower = 0
+    for name, r in qm.layers.items():
+        w = convs[name].weight.detach()
+        near = quantize_tensor(w, "pwlq", 4, "fshape")
+        assert torch.equal(r.qt.scale, near.scale) and torch.equal(r.qt.breakpoint, near.breakpoint)  # same grid
+        changed += int((r.qt.codes != near.codes).sum())
+        e_gptq, e_near = stats[name].output_mse(dequantize(r.qt) - w), stats[name].output_mse(dequantize(near) - w)
+        assert e_gptq <= e_near, name
+        lower += e_gptq < e_near
+    assert changed > 0.05 * sum(r.qt.numel for r in qm.layers.values())
+    assert lower >= 0.9 * len(qm.layers)
+    # bias correction went into the BN means of the deploy model (BN itself stays float)
+    bn = dict(qm.model.named_modules())["model.2.cv1.bn"]
+    assert not torch.equal(bn.running_mean, dict(fp.named_modules())["model.2.cv1.bn"].running_mean)
+
+
+@pytest.mark.slow
+def test_gptq_artifact_builds_and_cosimulates_bit_exactly(gptq_artifact, tmp_path):
+    from sw.cli import main
+
+    path, _ = gptq_artifact
+    name = "model.2.m.0.cv2.conv"
+    assert main(["hw", "build", "--quantized", str(path), "--layer", name, "--lanes", "8", "-o",
+                 str(tmp_path / "pe")]) == 0
+    out = tmp_path / "cosim.json"
+    assert main(["hw", "cosim", "--quantized", str(path), "--layers", name, "--positions", "2",
+                 "--calib-images", "1", "--img", "256", "--lanes", "8", "--quiet", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["mismatches"] == 0 and r["macs"] == 2 * 16 * 16 * 9
+
+
+@pytest.mark.slow
+def test_budget_allocation_meets_the_budget_and_lists_choices(yolov5n_path, tmp_path, capsys):
+    from sw.cli import main
+
+    report = tmp_path / "budget.json"
+    assert main(["quantize", "--weights", str(yolov5n_path), "-o", str(tmp_path / "b.yqa"), "--json", str(report),
+                 "--quiet", "--method", "affine", "--granularity", "filter", "--budget-bits", "4.5",
+                 "--calib-images", "1"]) == 0
+    r = json.loads(report.read_text())
+    t = r["totals"]
+    assert t["storage_bits"] <= 4.5 * t["weights"]
+    assert t["storage_bits"] > 4.3 * t["weights"]  # an optimum spends (almost) all of the budget
+    assert len({row["bits"] for row in r["layers"]}) > 1
+    printed = capsys.readouterr().out
+    assert "budget 4.5 bits/weight" in printed
+    assert all(f"| {row['name']} |" in printed for row in r["layers"])
