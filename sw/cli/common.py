@@ -127,7 +127,8 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True, calib: boo
     g.add_argument("--scale-bits", type=int_in(2, 24), default=16, help="stored width of each group scale, F (default 16)")
     g.add_argument("--budget-bits", type=float_in(1.0, 32.0), metavar="B",
                    help="choose each layer's bits (2..8) and granularity (of --granularity's mix) to minimise the "
-                        "summed layer-output noise-to-signal ratio on calibration data while the average stored "
+                        "summed layer-output noise-to-signal ratio on calibration data (nearest rounding) while "
+                        "the average stored "
                         "bits per weight, region bits and parameters counted, stay <= B (exact knapsack); "
                         "--bits is then unused")
     b = p.add_argument_group("beyond the paper (same grid, same hardware; calibrated on images)")
