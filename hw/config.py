@@ -18,7 +18,7 @@ from sw.intref.contract import ContractFormat, superset_format
 from sw.intref.packing import Field
 from sw.intref.stream import ParamFormat, StreamFormat, StreamLayout, bits_for
 
-from .arith import multiply_stages, tree_levels, tree_stages
+from .arith import multiply_stages, tree_stages
 from .result_queue import LATENCY as QUEUE_LATENCY
 
 def struct_layout(fields: tuple[Field, ...]) -> data.StructLayout:
@@ -105,10 +105,12 @@ class PEConfig:
         return struct_layout(self.stream.fields)
 
     @property
-    def x_bits(self) -> int:
-        """Width of the activation sum ``X = sum sgn x`` that a zero-point or breakpoint multiplies."""
-        lane = self.fmt.act_bits + 1
-        return lane + tree_levels(self.lanes) if self.mode == "group" else lane
+    def offset_selector_bits(self) -> int:
+        """Width of the operand that selects the partial products of B X: in group mode the breakpoint B
+        itself (unsigned: plain AND partial products, no negated top term whose carry chain would meet the
+        wide X's fan-out in one cycle), in lane mode the lane's sgn x (A + 1 bits: fewer partial products
+        in each of the L per-lane multipliers)."""
+        return self.fmt.breakpoint_bits if self.mode == "group" else self.fmt.act_bits + 1
 
     @property
     def group_word_layout(self) -> data.StructLayout:
@@ -150,7 +152,7 @@ class PEConfig:
     def zero_point_stages(self) -> int:
         """The slot before the scale: T = P - z X (affine), or B X (PWLQ tails, added after the scale)."""
         if self.fmt.breakpoint_bits:
-            return multiply_stages(self.x_bits, self.levels) + 1
+            return multiply_stages(self.offset_selector_bits, self.levels) + 1
         return multiply_stages(self.fmt.zero_point_bits, self.levels) + 2 if self.fmt.zero_point_bits else 0
 
     @property

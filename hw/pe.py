@@ -82,7 +82,8 @@ class ProcessingElement(wiring.Component):
 
     def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
         """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
-        ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
+        ``zero_point_off_by_one`` uses z + 1 (PWLQ, which has no zero-point: B + 1); ``dropped_carry`` loses the
+        accumulator's carry out of bit 15."""
         if fault is not None and fault not in self.FAULTS:
             raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
@@ -207,8 +208,9 @@ class ProcessingElement(wiring.Component):
         return b
 
     def _offset(self, reg, b, x, name):
-        """B X, registered: ``x`` (the narrow activation sum) selects the partial products."""
-        bx, stages = multiply(reg, b, x, name, self.cfg.levels)
+        """B X, registered; the partial products are selected as :attr:`PEConfig.offset_selector_bits` says."""
+        a, sel = (x, b) if self.cfg.mode == "group" else (b, x)
+        bx, stages = multiply(reg, a, sel, name, self.cfg.levels)
         assert stages + 1 == self.cfg.zero_point_stages, "B X must fill the zero-point slot exactly"
         return reg(bx, name)
 

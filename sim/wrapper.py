@@ -91,7 +91,7 @@ def pe_module_name(cfg: PEConfig, fault: str | None) -> str:
     """A name for the PE module that says what it is (the Verilator waivers match ``*yoloq_pe_*``)."""
     f = cfg.fmt
     name = (f"yoloq_pe_cosim_{cfg.mode}_l{cfg.lanes}_k{f.weight_bits}{'p' if f.pwlq else 'u'}_a{f.act_bits}"
-            f"_f{f.scale_bits}_z{f.zero_point_bits}_acc{f.acc_bits}_w{cfg.param_words}")
+            f"_f{f.scale_bits}_z{f.zero_point_bits}_b{f.breakpoint_bits}_acc{f.acc_bits}_w{cfg.param_words}")
     return name + (f"_{fault}" if fault else "")
 
 

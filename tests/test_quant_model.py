@@ -121,6 +121,7 @@ def test_artifact_round_trip(pwlq_mix3, tmp_path):
         assert q.granularity == r.granularity and q.mse == r.mse
         assert torch.equal(q.qt.codes, r.qt.codes) and torch.equal(q.qt.region, r.qt.region)
         assert torch.equal(q.qt.scale, r.qt.scale) and torch.equal(q.qt.zero_point, r.qt.zero_point)
+        assert torch.equal(q.qt.breakpoint, r.qt.breakpoint)
     assert qm.totals() == pwlq_mix3.totals()
     x = torch.rand(1, 3, 128, 160)
     with torch.no_grad():
@@ -154,6 +155,11 @@ def test_artifact_rejects_tampering(pwlq_mix3, tmp_path):
         "is missing": (f"quant/{name}/scale.npy", None),
         "expected float64": (f"quant/{name}/scale.npy", _npy(np.ones((1, 2), np.float32))),
         "not a plain numeric array": (f"quant/{name}/zero_point.npy", _npy(np.array([object()], dtype=object))),
+        "breakpoint.npy is missing": (f"quant/{name}/breakpoint.npy", None),
+        "breakpoints must be finite and non-negative": (
+            f"quant/{name}/breakpoint.npy", _npy(-pwlq_mix3.layers[name].qt.breakpoint.numpy())),
+        "artifact version 1 is not supported": (
+            "yoloq.json", json.dumps({**json.loads(zipfile.ZipFile(good).read("yoloq.json")), "version": 1})),
         "version 99": ("yoloq.json", json.dumps({**json.loads(zipfile.ZipFile(good).read("yoloq.json")), "version": 99})),
         "not a yoloq quantized artifact": ("yoloq.json", json.dumps([1, 2])),
     }
