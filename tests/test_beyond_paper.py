@@ -219,3 +219,18 @@ def test_budget_allocation_meets_the_budget_and_lists_choices(yolov5n_path, tmp_
     printed = capsys.readouterr().out
     assert "budget 4.5 bits/weight" in printed
     assert all(f"| {row['name']} |" in printed for row in r["layers"])
+
+
+@pytest.mark.slow
+def test_calibration_statistics_are_deterministic_under_the_seed(yolov5n):
+    from sw.quant.calibration import collect_input_stats
+    from sw.quant.model import default_calib_dir, prepare
+
+    m = prepare(yolov5n, False)
+    names = ["model.0.conv", "model.8.cv1.conv"]
+    a, b, c = (collect_input_stats(m, names, default_calib_dir(), images=1, seed=s, progress=False) for s in (0, 0, 1))
+    for n in names:
+        assert torch.equal(a[n].second_moment, b[n].second_moment) and torch.equal(a[n].mean, b[n].mean)
+    assert not torch.equal(a["model.0.conv"].second_moment, c["model.0.conv"].second_moment)  # positions sampled
+    assert a["model.0.conv"].samples == 2048  # 320x320 output positions, subsampled
+    assert a["model.8.cv1.conv"].samples in (20 * 15, 15 * 20, 20 * 20)  # stride 32 on a letterboxed 640 image: all
