@@ -66,6 +66,13 @@ def test_presets():
     assert set(keys) == {c.key for name in ("table1", "table2", "fig4") for c in plan(name)}
     with pytest.raises(SweepError, match="'table3'"):
         plan("table3")
+    beyond = plan("beyond")
+    assert [c.key for c in beyond] == ["baseline", "pwlq-4b-mix3", "pwlq-4b-mix3-bc", "pwlq-4b-mix3-gptq",
+                                       "pwlq-4b-mix3-gptq-bc", "affine-4b-mix3", "affine-4b-mix3-bc",
+                                       "affine-4b-mix3-gptq", "affine-4b-mix3-gptq-bc"]
+    assert beyond[4].spec().rounding == "gptq" and beyond[4].spec().bias_correction
+    assert all(Config.from_dict(c.as_dict()) == c for c in beyond)
+    assert Config.from_dict({"method": "pwlq", "bits": 4, "granularity": "mix3"}) == beyond[1]  # older records
 
 
 def test_config_keys_are_stable():
@@ -143,9 +150,9 @@ def test_csv_is_rounded_metrics_only():
     text = report.format_csv(rows)
     lines = text.splitlines()
     assert lines[0].split(",") == list(report.CSV_FIELDS)
-    assert lines[1].startswith("baseline,baseline,,,ok,0.600000,0.400000,0.700000,0.350000,0.000000,")
+    assert lines[1].startswith("baseline,baseline,,,nearest,False,ok,0.600000,0.400000,0.700000,0.350000,0.000000,")
     assert "seconds" not in text and "timing" not in text
-    assert "pwlq,4,mix4,failed,,,,,,,,,RuntimeError: boom" in text
+    assert "pwlq,4,mix4,nearest,False,failed,,,,,,,,,RuntimeError: boom" in text
 
 
 def test_report_sets_the_papers_figures_beside_ours():
@@ -165,6 +172,25 @@ def test_report_sets_the_papers_figures_beside_ours():
     assert c_shape.endswith(f"| {pub['precision']:.3f} | {pub['recall']:.3f} | {pub['map50']:.3f} | {pub['saving']:.2f}× |")
     assert paper.published("pwlq", 3, "cshape") == {}  # not in the paper: reports show a dash
     assert "`pwlq-4b-mix4` | failed | RuntimeError: boom" in md
+    assert "## Beyond the paper" not in md  # the paper's plan has nothing beyond it
+
+
+def test_beyond_rows_stay_out_of_the_papers_tables_and_get_their_own():
+    configs = plan("beyond")
+    records = {}
+    for i, c in enumerate(configs):
+        rec = _record("baseline" if c.is_baseline else "pwlq-4b-mix3", map50=0.70 - 0.05 * (i % 4 == 1))
+        records[c.key] = {**rec, **c.as_dict()}
+    rows = analysis.flat_rows(configs, records)
+    assert analysis.find(rows, "pwlq", 4, "mix3")["key"] == "pwlq-4b-mix3"
+    assert analysis.find(rows, "affine", 4, "mix3")["key"] == "affine-4b-mix3"
+    assert [p["bits"] for p in analysis.kbit_series(rows, "pwlq")] == [4]  # the nearest row only
+    settings = {"weights_name": "m.pt", "weights_sha256": "f" * 64, "images": 3, "coco_name": "coco", "eval": EVAL}
+    md = report.report_markdown(rows, settings)
+    section = md.split("## Beyond the paper")[1].split("\n## ")[0]
+    assert "| PWLQ | gptq | yes | 0.700 |" in section
+    assert "| PWLQ | nearest | no | 0.650 | 0.325 | 5.00 | +0.00 |" in section
+    assert "| PWLQ | nearest | yes | 0.700 | 0.350 | 0.00 | +5.00 |" in section
 
 
 # ---------------------------------------------------------------- real sweeps (yolov5n, a few COCO images)

@@ -107,9 +107,11 @@ def eval_kwargs(args) -> dict:
                 batch_size=args.batch)
 
 
-def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
-    """The quantization flags of ``yoloq quantize`` (also taken by commands that quantize first)."""
-    from ..quant.names import CHANNEL_1X1, METHODS, MIXES, SINGLE
+def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True, calib: bool = True) -> None:
+    """The quantization flags of ``yoloq quantize`` (also taken by commands that quantize first). ``calib``:
+    also add --calib and --calib-images (commands that already have them for activations pass False; the
+    same images then serve both)."""
+    from ..quant.names import CHANNEL_1X1, DEFAULT_CALIB_IMAGES, METHODS, MIXES, ROUNDINGS, SINGLE
 
     g = p.add_argument_group("quantization")
     g.add_argument("--method", choices=METHODS, default="pwlq", help="quantizer (default pwlq)")
@@ -127,6 +129,23 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--channel-1x1", choices=CHANNEL_1X1, default="fp16",
                    help="channel-wise on 1x1 convs: leave in FP16 as the paper (default) or quantize anyway")
     g.add_argument("--scale-bits", type=int_in(2, 24), default=16, help="stored width of each group scale, F (default 16)")
+    g.add_argument("--budget-bits", type=float_in(1.0, 32.0), metavar="B",
+                   help="choose each layer's bits (2..8) and granularity (of --granularity's mix) to minimise the "
+                        "summed layer-output noise-to-signal ratio on calibration data (nearest rounding) while "
+                        "the average stored "
+                        "bits per weight, region bits and parameters counted, stay <= B (exact knapsack); "
+                        "--bits is then unused")
+    b = p.add_argument_group("beyond the paper (same grid, same hardware; calibrated on images)")
+    b.add_argument("--rounding", choices=ROUNDINGS, default="nearest",
+                   help="nearest level (the paper, default) or gptq: column-by-column error feedback with each "
+                        "conv's input second moment, each weight on its group's grid (lower layer-output error)")
+    b.add_argument("--bias-correction", action="store_true",
+                   help="fold each conv's expected output shift (W_hat - W) E[x] into its bias (or BN mean)")
+    if calib:
+        b.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
+        b.add_argument("--calib-images", type=int_in(1), default=DEFAULT_CALIB_IMAGES,
+                       help=f"calibration images used (default {DEFAULT_CALIB_IMAGES})")
+    b.add_argument("--calib-seed", type=int_in(0), default=0, help="seed of the sampled calibration positions")
 
 
 def spec_from_args(args):
@@ -134,6 +153,8 @@ def spec_from_args(args):
 
     spec = QuantSpec(method=args.method, bits=args.bits, granularity=args.granularity, breakpoint=args.breakpoint,
                      rate_lambda=args.rate_lambda, fold_bn=args.fold_bn, include_detect=not args.exclude_detect,
-                     first_last_8bit=args.first_last_8bit, channel_1x1=args.channel_1x1, scale_bits=args.scale_bits)
+                     first_last_8bit=args.first_last_8bit, channel_1x1=args.channel_1x1, scale_bits=args.scale_bits,
+                     rounding=args.rounding, bias_correction=args.bias_correction, calib_images=args.calib_images,
+                     seed=args.calib_seed, budget_bits=args.budget_bits)
     spec.validate()
     return spec

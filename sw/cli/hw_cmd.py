@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
     v.add_argument("--json", metavar="OUT", help="write map50_sw, map50_hw, map50_95_sw, map50_95_hw, delta_map50, "
                                                  "per-layer SQNR and the FP baseline as JSON")
     v.add_argument("--quiet", action="store_true")
-    add_quant_args(v)
+    add_quant_args(v, calib=False)
     _add_hw_format_args(v)
     add_eval_args(v)
     add_data_arg(v)
@@ -71,7 +71,7 @@ def add_parser(sub) -> None:
     f.add_argument("--calib", metavar="DIR", help="calibration images (default <data>/coco128/images/train2017)")
     f.add_argument("--calib-images", type=int_in(1), default=32)
     f.add_argument("--quiet", action="store_true")
-    add_quant_args(f)
+    add_quant_args(f, calib=False)
     add_eval_args(f)
     add_data_arg(f)
     f.set_defaults(run=run_formats_cmd)
@@ -120,7 +120,8 @@ def run_formats_cmd(args) -> int:
     scales = _int_list(args.scale_bits_list, "--scale-bits-list", 24)
     check_output_dir(args.output, "-o")
     spec = spec_from_args(args)
-    qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet)
+    qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet,
+                        calib_dir=calib_dir(args))
     coco = load_coco(coco_root(args), limit=args.limit)
     result = run_formats(qm, coco, acts, scales, calib_dir(args), args.calib_images, Path(args.output),
                          eval_kwargs(args), progress=not args.quiet)
@@ -143,7 +144,7 @@ def run_validate(args) -> int:
     check_output_file(args.json, "--json")
     loaded = load_model(args.weights)
     coco = load_coco(coco_root(args), limit=args.limit)
-    qm = quantize_model(loaded.model, spec, progress=not args.quiet)
+    qm = quantize_model(loaded.model, spec, progress=not args.quiet, calib_dir=calib_dir(args))
     fmt = HardwareFormat(args.act_bits, args.scale_bits, args.calib_images)
     result = validate(loaded.model, qm, coco, fmt, calib_dir(args), eval_kwargs(args), progress=not args.quiet)
     ev = result["evaluations"]

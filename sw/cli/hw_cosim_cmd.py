@@ -57,7 +57,7 @@ def add_parser(hw_subparsers) -> None:
     h.add_argument("--calib-images", type=int_in(1), default=32,
                    help="calibration images used (default 32); the network runs only as far as the chosen layers")
     p.add_argument("--coco", metavar="DIR", help="COCO root with images/val2017/ (default: <data>/coco)")
-    add_quant_args(p)
+    add_quant_args(p, calib=False)
     add_data_arg(p)
     p.set_defaults(run=run)
 
@@ -70,7 +70,8 @@ def _model(args):
     if args.quantized:
         return quantized_layers(args.quantized), 0.0
     t0 = time.perf_counter()
-    qm = quantize_model(load_model(args.weights).model, spec_from_args(args), progress=not args.quiet)
+    qm = quantize_model(load_model(args.weights).model, spec_from_args(args), progress=not args.quiet,
+                        calib_dir=calib_dir(args))
     return qm, time.perf_counter() - t0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .common import add_quant_args, check_output_file, spec_from_args
+from .common import add_data_arg, add_quant_args, calib_dir, check_output_file, spec_from_args
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", metavar="REPORT", help="per-layer report (granularity, MSE, SQNR, bits) and totals")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_quant_args(p)
+    add_data_arg(p)
     p.set_defaults(run=run)
 
 
@@ -33,7 +34,7 @@ def run(args) -> int:
     check_output_file(args.json, "--json")
     loaded = load_model(args.weights, cfg=args.cfg)
     t0 = time.perf_counter()
-    qm = quantize_model(loaded.model, spec, progress=not args.quiet)
+    qm = quantize_model(loaded.model, spec, progress=not args.quiet, calib_dir=calib_dir(args))
     seconds = time.perf_counter() - t0
     save_quantized(qm, args.output, source=str(args.weights))
     report = qm.report()

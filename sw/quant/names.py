@@ -18,3 +18,5 @@ SINGLE = tuple(GROUP_AXES)
 MIXES = {"mix4": ("filter", "channel", "fshape", "cshape"), "mix3": ("filter", "fshape", "cshape")}
 
 CHANNEL_1X1 = ("fp16", "quantize")   # channel-wise on 1x1 convs: leave in FP16 (the paper) or quantize anyway
+ROUNDINGS = ("nearest", "gptq")       # how codes are chosen on the grid: nearest level, or GPTQ error feedback
+DEFAULT_CALIB_IMAGES = 32             # coco128 images whose conv inputs drive GPTQ, bias correction and budgets

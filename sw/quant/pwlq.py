@@ -71,6 +71,14 @@ def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
     """
     p = p.double().minimum(absmax.double())
     s_c, s_t = pwlq_params(absmax, p, bits)
+    codes, tail = round_to_levels(w, s_c, s_t, p, bits)
+    return codes, tail, s_c, s_t, p
+
+
+def round_to_levels(w: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor, bits: int):
+    """(codes, tail mask) of ``w`` on the grid of given parameters (broadcast over ``w``): the tails hold
+    |w| >= p, each region rounds to its nearest level, clamped to its codes. Weights beyond m must be clipped
+    to m by the caller (when p = m the tail scale is a placeholder)."""
     dt = w.dtype
     absw = w.abs()
     tail = absw >= p.to(dt)
@@ -78,7 +86,7 @@ def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
     j = torch.round((absw - p.to(dt)) / s_t.to(dt)).clamp_(0, (1 << (bits - 1)) - 1)
     # a negative centre weight may take code -2^(k-1) (full range): only on an exact tie, error unchanged
     codes = torch.where(tail, pack_tail(w < 0, j, bits), torch.copysign(centre, w))
-    return codes, tail, s_c, s_t, p
+    return codes, tail
 
 
 def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor,

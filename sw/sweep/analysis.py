@@ -48,17 +48,23 @@ def flat_rows(configs: list[Config], records: dict[str, dict | None]) -> list[di
 
 
 def find(rows: list[dict], method: str, bits: int | None, granularity: str | None) -> dict | None:
-    """The ok row of one configuration, or None."""
+    """The ok row of one configuration of the paper (nearest rounding, no bias correction), or None."""
     for r in rows:
-        if (r["method"], r["bits"], r["granularity"]) == (method, bits, granularity) and r["status"] == OK:
+        if (r["method"], r["bits"], r["granularity"]) == (method, bits, granularity) and r["status"] == OK \
+                and is_paper(r):
             return r
     return None
+
+
+def is_paper(row: dict) -> bool:
+    """Whether a row is one of the paper's configurations (nearest rounding, no bias correction)."""
+    return row.get("rounding", "nearest") == "nearest" and not row.get("bias_correction")
 
 
 def kbit_series(rows: list[dict], method: str, granularity: str = "mix3") -> list[dict]:
     """Fig. 4 data: one point per k (ok rows only), with the ratio for both saving figures."""
     points = sorted((r for r in rows if r["method"] == method and r["granularity"] == granularity
-                     and r["status"] == OK), key=lambda r: r["bits"])
+                     and r["status"] == OK and is_paper(r)), key=lambda r: r["bits"])
     return [{"bits": r["bits"], "map50": r["map50"], "loss": r["map50_loss_pp"],
              "saving_paper": r["saving_paper"], "saving_storage": r["saving_storage"],
              "merit_paper": merit(r["saving_paper"], r["map50_loss_pp"]),
@@ -76,7 +82,7 @@ def equal_storage_pairs(rows: list[dict]) -> list[dict]:
     bit per weight, so both store about k+1 bits per weight (compare their ``saving_storage``)."""
     pairs = []
     for p in rows:
-        if p["method"] != "pwlq" or p["status"] != OK:
+        if p["method"] != "pwlq" or p["status"] != OK or not is_paper(p):
             continue
         a = find(rows, "affine", p["bits"] + 1, p["granularity"])
         if a is not None:

@@ -19,18 +19,23 @@ TABLE2_GRANULARITIES = ("mix3", "mix4")
 PAPER_METHODS = ("affine", "pwlq")
 PAPER_BITS = 4
 REFERENCE_8BIT = ("affine", 8, "filter")  # an almost-lossless row to read the 4-bit losses against
-PRESETS = ("table1", "table2", "fig4", "all")
+PRESETS = ("table1", "table2", "fig4", "beyond", "all")
+# Beyond the paper, on 4-bit mix3 of both methods (same grid, so about the same storage): (rounding, bias corr.)
+BEYOND_OPTIONS = (("nearest", False), ("nearest", True), ("gptq", False), ("gptq", True))
 DEFAULT_BITS = "2-8"
 EXECUTORS = ("local", "ray")  # where the configurations run (sw.sweep.runner)
 
 
 @dataclass(frozen=True)
 class Config:
-    """One sweep configuration. ``bits`` and ``granularity`` are None for the baseline."""
+    """One sweep configuration. ``bits`` and ``granularity`` are None for the baseline. ``rounding`` and
+    ``bias_correction`` go beyond the paper (its configurations keep the defaults)."""
 
     method: str
     bits: int | None = None
     granularity: str | None = None
+    rounding: str = "nearest"
+    bias_correction: bool = False
 
     @property
     def is_baseline(self) -> bool:
@@ -41,7 +46,13 @@ class Config:
         """Stable file-name-safe identifier, e.g. ``pwlq-4b-mix3`` or ``baseline``."""
         if self.is_baseline:
             return BASELINE_METHOD
-        return f"{self.method}-{self.bits}b-{self.granularity}"
+        extra = ("" if self.rounding == "nearest" else f"-{self.rounding}") + ("-bc" if self.bias_correction else "")
+        return f"{self.method}-{self.bits}b-{self.granularity}{extra}"
+
+    @property
+    def is_paper(self) -> bool:
+        """Nearest rounding without bias correction: a configuration of the paper's study."""
+        return self.rounding == "nearest" and not self.bias_correction
 
     def spec(self) -> "QuantSpec":
         """The quantization this configuration asks for (the paper's default policy otherwise)."""
@@ -49,7 +60,8 @@ class Config:
 
         if self.is_baseline:
             raise SweepError("the baseline configuration is not quantized; it has no QuantSpec")
-        return QuantSpec(method=self.method, bits=self.bits, granularity=self.granularity)
+        return QuantSpec(method=self.method, bits=self.bits, granularity=self.granularity, rounding=self.rounding,
+                         bias_correction=self.bias_correction)
 
     def validate(self) -> None:
         if self.is_baseline:
@@ -62,11 +74,13 @@ class Config:
             raise SweepError(f"configuration {self.key}: {e}") from e
 
     def as_dict(self) -> dict:
-        return {"key": self.key, "method": self.method, "bits": self.bits, "granularity": self.granularity}
+        return {"key": self.key, "method": self.method, "bits": self.bits, "granularity": self.granularity,
+                "rounding": self.rounding, "bias_correction": self.bias_correction}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
-        return cls(d["method"], d.get("bits"), d.get("granularity"))
+        return cls(d["method"], d.get("bits"), d.get("granularity"), d.get("rounding", "nearest"),
+                   bool(d.get("bias_correction", False)))
 
 
 BASELINE = Config(BASELINE_METHOD)
@@ -114,14 +128,20 @@ def fig4(bits: tuple[int, ...]) -> list[Config]:
     return [Config(m, k, "mix3") for m in ("pwlq", "affine") for k in bits]
 
 
+def beyond() -> list[Config]:
+    """Beyond the paper: 4-bit mix3 of PWLQ and affine with nearest or GPTQ rounding, with and without bias
+    correction (the grid, hence the storage, stays that of the paper's configuration)."""
+    return [Config(m, PAPER_BITS, "mix3", r, bc) for m in PAPER_METHODS[::-1] for r, bc in BEYOND_OPTIONS]
+
+
 def plan(preset: str, bits: tuple[int, ...] | str = DEFAULT_BITS) -> list[Config]:
     """The baseline, then the preset's configurations in a stable order without duplicates."""
     if preset not in PRESETS:
         raise SweepError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if isinstance(bits, str):
         bits = parse_bits(bits)
-    parts = {"table1": table1(), "table2": table2(), "fig4": fig4(bits)}
-    chosen = list(parts) if preset == "all" else [preset]
+    parts = {"table1": table1(), "table2": table2(), "fig4": fig4(bits), "beyond": beyond()}
+    chosen = ["table1", "table2", "fig4"] if preset == "all" else [preset]  # all: the paper's study
     configs = [BASELINE]
     for name in chosen:
         configs += [c for c in parts[name] if c not in configs]

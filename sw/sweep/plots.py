@@ -128,7 +128,9 @@ def plot_equal_storage(rows: list[dict], path: Path) -> bool:
 def _short_label(r: dict) -> str:
     if r["method"] == "baseline":
         return "baseline"
-    return f"{'PWLQ' if r['method'] == 'pwlq' else 'uniform'} {r['bits']}b {GRANULARITY_NAMES[r['granularity']]}"
+    extra = ("" if r.get("rounding", "nearest") == "nearest" else f" {r['rounding']}") \
+        + (" +bc" if r.get("bias_correction") else "")
+    return f"{'PWLQ' if r['method'] == 'pwlq' else 'uniform'} {r['bits']}b {GRANULARITY_NAMES[r['granularity']]}{extra}"
 
 
 def plot_pareto(rows: list[dict], path: Path) -> bool:
