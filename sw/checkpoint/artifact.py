@@ -66,7 +66,7 @@ def save_quantized(qm: QuantizedModel, path: str | os.PathLike, source: str | No
                        "mse": r.mse, "sqnr_db": r.sqnr_db, "note": r.note, "candidates": r.candidates})
     manifest = {"format": FORMAT, "version": VERSION, "source": source, "spec": qm.spec.as_dict(),
                 "config": qm.model.yaml, "names": list(qm.model.names), "layers": layers}
-    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
         zf.writestr(MANIFEST, json.dumps(manifest, indent=1))
         for key, t in qm.model.state_dict().items():
             if key.endswith(".weight") and key[: -len(".weight")] in quantized:
