@@ -33,9 +33,9 @@ REFINE_STEPS = (0.01, 0.001)
 # Members scored per layer during the path of the search, when groups are large (a layer or a filter); the
 # path's winner is then compared with p = m and the approximated breakpoint on every member.
 SAMPLE_BUDGET = 1 << 16
-# Groups of at most this many members (channel-wise 3x3: 9) have no sample to save their cost, so they take a
+# Groups of at most this many members (channel-wise 3x3) have no sample to save their cost, so they take a
 # shorter refinement after the coarse stage: +- these steps, each kept if better (21 scorings instead of 45).
-SHORT_GROUP = 16
+SHORT_GROUP = 9
 PATTERN_STEPS = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 
 
