@@ -174,9 +174,10 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: 
 
     The path: p / m in 0.1 .. 0.9, then +-0.01 .. 0.09 and +-0.001 .. 0.009 around the best so far (45
     scorings; resolution 0.001 m), as in the authors' code; groups of at most :data:`SHORT_GROUP` members
-    (channel-wise 3x3) take a shorter pattern search after the coarse stage (21 scorings, also to 0.001 m). It is scored on every member, or, when the layer's
-    groups are large, on a fixed random sample of at least ``sample`` members per group (the same members in
-    every group; random so that every kernel position is represented). The path's winner, p = m and
+    (channel-wise 3x3) take a shorter pattern search after the coarse stage (21 scorings, also to 0.001 m).
+    It is scored on every member, or, when the layer's groups are large, on a fixed random sample of at least
+    ``sample`` members per group (the same members in every group; random so that every kernel position is
+    represented). The path's winner, p = m and
     ``approx`` (default: :func:`approx_breakpoint`) are then scored on every member and the least error wins,
     so the result is never worse than full-range symmetric quantization nor than the approximated breakpoint.
     """
