@@ -76,16 +76,10 @@ class ProcessingElement(wiring.Component):
     ``params``. ``memory="ecp5"`` builds the parameter memory from ECP5 block RAMs with output registers.
     """
 
-    FAULTS = ("zero_point_off_by_one", "dropped_carry")
-
-    def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
-        """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
-        ``zero_point_off_by_one`` uses z + 1; ``dropped_carry`` loses the accumulator's carry out of bit 15."""
-        if fault is not None and fault not in self.FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
+    def __init__(self, cfg: PEConfig, init: list[int] | None = None, memory: str = "generic"):
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
             raise ValueError("memory must be 'generic' or 'ecp5' (ECP5 block RAMs start empty: no init)")
-        self.cfg, self._init, self.fault, self.memory = cfg, init, fault, memory
+        self.cfg, self._init, self.memory = cfg, init, memory
         super().__init__(pe_signature(cfg))
 
     def elaborate(self, platform):
@@ -168,11 +162,7 @@ class ProcessingElement(wiring.Component):
         # loop a bare adder while the subtraction is pipelined outside it.
         running = Signal(signed(cfg.acc_bits), name="running_sum")
         total = Signal(signed(cfg.acc_bits), name="running_next")
-        if self.fault == "dropped_carry":  # the carry from the low 16 bits never reaches the high part
-            low = running[:16] + contrib[:16]
-            m.d.comb += total.eq(Cat(low[:16], running[16:] + contrib[16:]))
-        else:
-            m.d.comb += total.eq(running + contrib)
+        m.d.comb += total.eq(self._accumulate(running, contrib))
         previous_end = Signal(signed(cfg.acc_bits), name="previous_end")
         end, begin = Signal.like(total, name="end"), Signal.like(total, name="begin")
         ended, done = Signal(name="ended"), Signal(name="done")
@@ -188,11 +178,14 @@ class ProcessingElement(wiring.Component):
         assert stage + 3 + QUEUE_LATENCY == cfg.latency, f"pipeline depth {stage} + 3 + queue != {cfg.latency}"
         return m
 
+    # Two steps of the datapath are methods so that sim.faults can build deliberately wrong variants of them.
+    def _accumulate(self, running, contrib):
+        """The running sum's next value."""
+        return running + contrib
+
     def _zero_point(self, word, region):
-        z = self.cfg.zero_point_of(word, region)
-        if z is not None and self.fault == "zero_point_off_by_one":
-            return (z + 1)[:z.shape().width + 1].as_signed()
-        return z
+        """The zero-point a region's terms use (None: fixed at 0)."""
+        return self.cfg.zero_point_of(word, region)
 
     def _group_scale(self, reg, delay, lanes, word, stage):
         """Group mode: per region sum the lanes, then T = P - z X and S T once per beat."""
