@@ -111,9 +111,11 @@ def layer_case(contract, conv: torch.nn.Conv2d, x: torch.Tensor, positions: int,
 
 @torch.no_grad()
 def network_cases(qm: QuantizedModel, names: list[str], positions: int, images: list[Path], calib_dir: Path,
-                  fmt: HardwareFormat = HardwareFormat(), img_size: int = 640, seed: int = 0,
+                  fmt: HardwareFormat | None = None, img_size: int = 640, seed: int = 0,
                   progress: bool = True) -> list[LayerCase]:
-    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``."""
+    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``
+    (``fmt``: the hardware format, default :class:`~sw.intref.validate.HardwareFormat`'s)."""
+    fmt = fmt or HardwareFormat()
     hw, _, _ = hardware_model(qm, fmt, calib_dir, progress)
     modules = dict(hw.named_modules())
     stride = int(qm.model.stride.max())
