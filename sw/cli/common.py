@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from ..errors import YoloqError
+from ..intref.contract import ACT_BITS_RANGE, DEFAULT_SCALE_BITS, SCALE_BITS_RANGE
 from ..paths import data_root
 
 
@@ -38,7 +39,7 @@ def float_in(lo: float, hi: float):
     return parse
 
 
-ACT_BITS = int_in(2, 16)     # the integer contract's activation widths (sw.intref.contract)
+ACT_BITS = int_in(*ACT_BITS_RANGE)     # the integer contract's activation widths (sw.intref.contract)
 
 
 def _writable_parent(path: Path, flag: str) -> None:
@@ -121,7 +122,8 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True) -> None:
     g.add_argument("--first-last-8bit", action="store_true", help="keep the first conv and the Detect convs at 8 bits")
     g.add_argument("--channel-1x1", choices=CHANNEL_1X1, default="fp16",
                    help="channel-wise on 1x1 convs: leave in FP16 as the paper (default) or quantize anyway")
-    g.add_argument("--scale-bits", type=int_in(2, 24), default=16, help="stored width of each group scale, F (default 16)")
+    g.add_argument("--scale-bits", type=int_in(*SCALE_BITS_RANGE), default=DEFAULT_SCALE_BITS,
+                   help=f"stored width of each group scale, F (default {DEFAULT_SCALE_BITS})")
 
 
 def spec_from_args(args):

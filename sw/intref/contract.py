@@ -42,13 +42,20 @@ from functools import cached_property
 import torch
 
 from ..errors import QuantizationError
-from ..quant.accounting import zero_point_widths
+from ..quant.accounting import DEFAULT_SCALE_BITS, zero_point_widths
 from ..quant.granularity import group_index
 from ..quant.pwlq import unpack_tail
 from ..quant.record import QuantizedTensor
 
+# The widths the contract supports, (lowest, highest), each owned here: the CLI, hw and sim read them.
+WEIGHT_BITS_RANGE = (2, 8)     # k
+ACT_BITS_RANGE = (2, 16)       # A
+SCALE_BITS_RANGE = (2, 24)     # F (its default, DEFAULT_SCALE_BITS, is the quantizer's storage accounting's)
 DEFAULT_ACT_BITS = 8
-DEFAULT_SCALE_BITS = 16
+
+
+def in_range(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
 
 
 def signed_bits_for(lo: int, hi: int) -> int:
@@ -142,8 +149,9 @@ class ContractFormat:
     fan_in: int               # N = c * kh * kw
 
     def __post_init__(self):
-        if not 2 <= self.weight_bits <= 8 or not 2 <= self.act_bits <= 16 or not 2 <= self.scale_bits <= 24 \
-                or not 0 <= self.zero_point_bits <= 32 or self.fan_in < 1:
+        if not in_range(self.weight_bits, WEIGHT_BITS_RANGE) or not in_range(self.act_bits, ACT_BITS_RANGE) \
+                or not in_range(self.scale_bits, SCALE_BITS_RANGE) or not 0 <= self.zero_point_bits <= 32 \
+                or self.fan_in < 1:
             raise QuantizationError(f"unsupported contract format {self}")
 
     @property
@@ -251,9 +259,9 @@ class LayerContract:
     @classmethod
     def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
                     scale_bits: int = DEFAULT_SCALE_BITS) -> "LayerContract":
-        if not 2 <= act_bits <= 16 or not 2 <= scale_bits <= 24:
-            raise QuantizationError(f"{name}: act_bits must be 2..16 and scale_bits 2..24, "
-                                    f"got {act_bits} and {scale_bits}")
+        if not in_range(act_bits, ACT_BITS_RANGE) or not in_range(scale_bits, SCALE_BITS_RANGE):
+            raise QuantizationError(f"{name}: act_bits must be {'..'.join(map(str, ACT_BITS_RANGE))} and scale_bits "
+                                    f"{'..'.join(map(str, SCALE_BITS_RANGE))}, got {act_bits} and {scale_bits}")
         e = scale_shift(qt.scale, scale_bits)
         scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
         zw = max(zero_point_widths(qt))  # the accounting's declared width; 0 = no zero-point stored
