@@ -30,6 +30,8 @@ from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from sw.intref.stream import Mode
+
 from .arith import add_tree, multiply
 from .config import PEConfig
 from .param_memory import READ_LATENCY, ECP5ParamMemory, ParamMemory
@@ -152,7 +154,7 @@ class ProcessingElement(wiring.Component):
             ln["tail"] = delay(ln["tail"], n + 1, f"tail_{i}") if ln["tail"] is not None else None
         stage += cfg.product_stages
 
-        scale = self._group_scale if cfg.mode == "group" else self._lane_scale
+        scale = self._group_scale if cfg.mode == Mode.GROUP else self._lane_scale
         contrib, stage = scale(reg, delay, lanes, word, stage)  # contrib is valid at ``stage``
         side = {k: delay(v, stage - 2, f"{k}_dp") for k, v in side.items()}
 
