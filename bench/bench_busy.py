@@ -90,7 +90,7 @@ def main() -> None:
     for task in args.tasks.split(","):
         for policy in policies:
             idle = run_measure(task, args.images, policy)
-            loaded = busy(lambda: run_measure(task, args.images, policy))
+            loaded = busy(lambda task=task, policy=policy: run_measure(task, args.images, policy))
             label = f"{task}" + (f" ({args.images} images)" if task == "eval" else " (yolov5n, PWLQ 4-bit mix3)")
             rows.append([label, "sw.threads policy" if policy else "torch defaults", round(idle, 2),
                          round(loaded, 2), round(loaded / idle, 2)])

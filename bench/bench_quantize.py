@@ -29,7 +29,7 @@ from sw.quant.quantizer import quantize_tensor
 def per_group_loop_seconds(model, spec: QuantSpec, sample_groups: int) -> float:
     """Estimated seconds of quantizing every group separately (single granularities only)."""
     total = 0.0
-    for name, conv in model.conv_layers().items():
+    for conv in model.conv_layers().values():
         w = conv.weight.detach()
         if spec.granularity == "channel" and w.shape[2] * w.shape[3] == 1 and spec.channel_1x1 == "fp16":
             continue
@@ -45,7 +45,7 @@ def per_group_loop_seconds(model, spec: QuantSpec, sample_groups: int) -> float:
 
 def vectorised_seconds(model, spec: QuantSpec) -> float:
     t0 = time.perf_counter()
-    for name, conv in model.conv_layers().items():
+    for conv in model.conv_layers().values():
         w = conv.weight.detach()
         if spec.granularity == "channel" and w.shape[2] * w.shape[3] == 1 and spec.channel_1x1 == "fp16":
             continue

@@ -16,7 +16,7 @@ from amaranth.lib import data
 
 from sw.intref.contract import ContractFormat, superset_format
 from sw.intref.packing import Field
-from sw.intref.stream import ParamFormat, StreamFormat, StreamLayout, bits_for
+from sw.intref.stream import Mode, ParamFormat, StreamFormat, StreamLayout, bits_for
 
 from .arith import multiply_stages, tree_stages
 from .result_queue import LATENCY as QUEUE_LATENCY
@@ -44,9 +44,10 @@ class PEConfig:
         return cls(layout.stream_format(), layout.param_words)
 
     @classmethod
-    def generic(cls, fmt: ContractFormat, lanes: int, mode: str, groups: int) -> "PEConfig":
+    def generic(cls, fmt: ContractFormat, lanes: int, mode: Mode | str, groups: int) -> "PEConfig":
         """A PE for any layer of this format with up to ``groups`` groups (e.g. for synthesis studies)."""
-        words = groups if mode == "group" else -(-groups // lanes)
+        mode = Mode(mode)
+        words = groups if mode == Mode.GROUP else -(-groups // lanes)
         return cls(StreamFormat(fmt, lanes, bits_for(words), mode), words)
 
     @classmethod
@@ -79,7 +80,7 @@ class PEConfig:
         return self.stream.lanes
 
     @property
-    def mode(self) -> str:
+    def mode(self) -> Mode:
         return self.stream.mode
 
     @property
@@ -119,7 +120,7 @@ class PEConfig:
 
     @property
     def word_layout(self) -> data.StructLayout:
-        if self.mode == "group":
+        if self.mode == Mode.GROUP:
             return self.group_word_layout
         return data.StructLayout({"lanes": data.ArrayLayout(self.group_word_layout, self.lanes)})
 
@@ -170,7 +171,7 @@ class PEConfig:
         core = 2 + self.product_stages + self.lane_sum_stages + self.zero_point_stages + self.scale_stages \
             + self.offset_stages
         # group mode registers the beat sum; then the running sum, its end/begin snapshots, their difference
-        return core + (1 if self.mode == "group" else 0) + 3 + QUEUE_LATENCY
+        return core + (1 if self.mode == Mode.GROUP else 0) + 3 + QUEUE_LATENCY
 
     @property
     def result_fifo_depth(self) -> int:

@@ -55,9 +55,10 @@ class CreditHarness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = dut = CreditedQueue(self.width, self.depth)
-        m.d.comb += [dut.admit.eq(self.want), dut.output.ready.eq(self.ready)]
+        # as the PE: a last beat is accepted only while the queue can admit its result
+        m.d.comb += [dut.admit.eq(self.want & dut.can_admit), dut.output.ready.eq(self.ready)]
         pipe = [Signal(name=f"in_flight_{i}") for i in range(self.delay)]  # one bit per pipeline stage
-        m.d.sync += pipe[0].eq(dut.admit & dut.can_admit)
+        m.d.sync += pipe[0].eq(dut.admit)
         for a, b in zip(pipe, pipe[1:]):
             m.d.sync += b.eq(a)
         m.d.comb += [dut.write_en.eq(self.pipeline_output(pipe)), dut.write_data.eq(0)]

@@ -32,7 +32,8 @@ from amaranth import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from . import PE_FAULTS
+from sw.intref.stream import Mode
+
 from .arith import add_tree, multiply
 from .config import PEConfig
 from .param_memory import READ_LATENCY, ECP5ParamMemory, ParamMemory
@@ -79,17 +80,10 @@ class ProcessingElement(wiring.Component):
     ``params``. ``memory="ecp5"`` builds the parameter memory from ECP5 block RAMs with output registers.
     """
 
-    FAULTS = PE_FAULTS
-
-    def __init__(self, cfg: PEConfig, init: list[int] | None = None, fault: str | None = None, memory: str = "generic"):
-        """``fault`` builds a deliberately wrong variant, for checking that a testbench catches it:
-        ``zero_point_off_by_one`` uses z + 1 (PWLQ, which has no zero-point: B + 1); ``dropped_carry`` loses the
-        accumulator's carry out of bit 15."""
-        if fault is not None and fault not in self.FAULTS:
-            raise ValueError(f"unknown fault {fault!r}; choose one of {self.FAULTS}")
+    def __init__(self, cfg: PEConfig, init: list[int] | None = None, memory: str = "generic"):
         if memory not in ("generic", "ecp5") or (memory == "ecp5" and init):
             raise ValueError("memory must be 'generic' or 'ecp5' (ECP5 block RAMs start empty: no init)")
-        self.cfg, self._init, self.fault, self.memory = cfg, init, fault, memory
+        self.cfg, self._init, self.memory = cfg, init, memory
         super().__init__(pe_signature(cfg))
 
     def elaborate(self, platform):
@@ -162,7 +156,7 @@ class ProcessingElement(wiring.Component):
             ln["tail"] = delay(ln["tail"], n + 1, f"tail_{i}") if ln["tail"] is not None else None
         stage += cfg.product_stages
 
-        scale = self._group_scale if cfg.mode == "group" else self._lane_scale
+        scale = self._group_scale if cfg.mode == Mode.GROUP else self._lane_scale
         contrib, stage = scale(reg, delay, lanes, word, stage)  # contrib is valid at ``stage``
         side = {k: delay(v, stage - 2, f"{k}_dp") for k, v in side.items()}
 
@@ -172,11 +166,7 @@ class ProcessingElement(wiring.Component):
         # loop a bare adder while the subtraction is pipelined outside it.
         running = Signal(signed(cfg.acc_bits), name="running_sum")
         total = Signal(signed(cfg.acc_bits), name="running_next")
-        if self.fault == "dropped_carry":  # the carry from the low 16 bits never reaches the high part
-            low = running[:16] + contrib[:16]
-            m.d.comb += total.eq(Cat(low[:16], running[16:] + contrib[16:]))
-        else:
-            m.d.comb += total.eq(running + contrib)
+        m.d.comb += total.eq(self._accumulate(running, contrib))
         previous_end = Signal(signed(cfg.acc_bits), name="previous_end")
         end, begin = Signal.like(total, name="end"), Signal.like(total, name="begin")
         ended, done = Signal(name="ended"), Signal(name="done")
@@ -192,17 +182,18 @@ class ProcessingElement(wiring.Component):
         assert stage + 3 + QUEUE_LATENCY == cfg.latency, f"pipeline depth {stage} + 3 + queue != {cfg.latency}"
         return m
 
+    # Two steps of the datapath are methods so that sim.faults can build deliberately wrong variants of them.
+    def _accumulate(self, running, contrib):
+        """The running sum's next value."""
+        return running + contrib
+
     def _zero_point(self, word, region):
-        z = self.cfg.zero_point_of(word, region)
-        if z is not None and self.fault == "zero_point_off_by_one":
-            return (z + 1)[:z.shape().width + 1].as_signed()
-        return z
+        """The zero-point a region's terms use (None: fixed at 0)."""
+        return self.cfg.zero_point_of(word, region)
 
     def _breakpoint(self, word, region):
-        b = self.cfg.breakpoint_of(word, region)
-        if b is not None and self.fault == "zero_point_off_by_one":  # PWLQ has no zero-point: B + 1 instead
-            return b + 1
-        return b
+        """PWLQ's tail offset B of a region (None: no offset)."""
+        return self.cfg.breakpoint_of(word, region)
 
     def _offset(self, reg, b, x, name):
         """B X, registered; the partial products are selected as :attr:`PEConfig.offset_selector_bits` says."""

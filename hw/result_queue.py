@@ -54,7 +54,7 @@ class ResultQueue(wiring.Component):
 class CreditedQueue(wiring.Component):
     """A :class:`ResultQueue` of ``depth`` slots and one counter of unreserved slots (credits).
 
-    ``admit`` (a dot product's last beat accepted; only while ``can_admit``) takes a slot; a slot comes back
+    ``admit`` (a dot product's last beat accepted, which the PE does only while ``can_admit``) takes a slot; a slot comes back
     a cycle after its result leaves ``output`` (safe, and it keeps the output handshake short). ``depth``
     must exceed the number of results that can be between admission and the queue, which is what
     :attr:`hw.config.PEConfig.result_fifo_depth` sizes.
@@ -74,5 +74,5 @@ class CreditedQueue(wiring.Component):
                      self.level.eq(queue.level), self.can_admit.eq(self.free_slots != 0)]
         returned = Signal(name="slot_returned")
         m.d.sync += returned.eq(self.output.valid & self.output.ready)
-        m.d.sync += self.free_slots.eq(self.free_slots - (self.admit & self.can_admit) + returned)
+        m.d.sync += self.free_slots.eq(self.free_slots - self.admit + returned)
         return m

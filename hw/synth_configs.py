@@ -12,7 +12,7 @@ from amaranth.back import verilog
 
 from sw.atomic import write_text
 from sw.intref.contract import LayerContract, superset_format
-from sw.intref.stream import mode_for
+from sw.intref.stream import Mode, mode_for
 from sw.quant.model import QuantizedModel
 
 from .build import module_name
@@ -20,7 +20,7 @@ from .config import PEConfig
 from .pe import ProcessingElement, verilog_ports
 
 
-def model_pe_config(qm: QuantizedModel, lanes: int, act_bits: int, mode: str = "group") -> PEConfig:
+def model_pe_config(qm: QuantizedModel, lanes: int, act_bits: int, mode: Mode = Mode.GROUP) -> PEConfig:
     """A PE able to run every quantized layer of ``qm`` whose granularity uses ``mode``."""
     contracts = [LayerContract.from_record(n, r.qt, act_bits, qm.spec.scale_bits)
                  for n, r in qm.layers.items() if r.qt is not None and r.bits == qm.spec.bits]

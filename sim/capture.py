@@ -111,13 +111,15 @@ def layer_case(contract, conv: torch.nn.Conv2d, x: torch.Tensor, positions: int,
 
 @torch.no_grad()
 def network_cases(qm: QuantizedModel, names: list[str], positions: int, images: list[Path], calib_dir: Path,
-                  fmt: HardwareFormat = HardwareFormat(), img_size: int = 640, seed: int = 0,
+                  fmt: HardwareFormat | None = None, img_size: int = 640, seed: int = 0,
                   progress: bool = True, hardware=None) -> list[LayerCase]:
-    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``.
+    """A :class:`LayerCase` per layer in ``names``: ``positions`` output positions spread over ``images``
+    (``fmt``: the hardware format, default :class:`~sw.intref.validate.HardwareFormat`'s).
 
     Only the work these layers need: the network is calibrated, and run on each image, only as far as them.
     ``hardware``: :func:`hardware_model`'s result for ``qm`` and ``fmt`` when the caller has it (calibrate once).
     """
+    fmt = fmt or HardwareFormat()
     hw, _, _ = hardware or hardware_model(qm, fmt, calib_dir, progress, upto=names)
     modules = dict(hw.named_modules())
     stride = int(qm.model.stride.max())

@@ -35,16 +35,17 @@ import numpy as np
 from tqdm import tqdm
 
 from hw.config import PEConfig
-from hw.pe import ProcessingElement
 from sw.errors import YoloqError
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
 
 from . import DEFAULT_LANES, runner  # DEFAULT_LANES: defined with the package, for the CLI
 from .ecp5_memory import DP16KD_MODEL
+from .faults import FAULTS
 from .stimulus import LayerCase
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
-from .wrapper import PROGRAM_FIELD_BITS, PROGRAM_FIELDS, MemoryDepths, pe_ports, pe_verilog, wrapper_verilog
+from .wrapper import (PE_MACRO, PROGRAM_FIELD_BITS, PROGRAM_FIELDS, TESTBENCH_HDL, TOP, MemoryDepths, pe_ports,
+                      pe_verilog, testbench_parameters)
 
 MEMORIES = ("generic", "ecp5")
 
@@ -61,11 +62,12 @@ class Options:
     seed: int = 1                      # the testbench's idle/stall generator
     idle: int = 32                     # P(no beat offered in a cycle) = idle / 256
     stall: int = 32                    # P(results.ready low in a cycle) = stall / 256
-    fault: str | None = None           # a deliberately wrong PE (ProcessingElement.FAULTS)
+    fault: str | None = None           # a deliberately wrong PE (sim.faults.FAULTS)
     memory: str = "generic"            # the PE's parameter memory: generic, or ecp5 (DP16KD block RAMs, modelled)
     jobs: int = 2                      # simulations run at once
     cache: Path | None = None          # build cache (default out/sim_build)
     work: Path | None = None           # run folders are kept here (default: a temporary folder)
+    waves: Path | None = None          # record a trace of each build's run into this folder (build<i>.fst/.vcd)
     progress: bool = True
 
     def validate(self) -> None:
@@ -74,8 +76,8 @@ class Options:
             raise CosimError(f"lanes must be from 1 to 256, got {self.lanes}")
         if not (0 <= self.idle <= 255 and 0 <= self.stall <= 255):
             raise CosimError(f"idle and stall are rates out of 256, from 0 to 255; got {self.idle}, {self.stall}")
-        if self.fault is not None and self.fault not in ProcessingElement.FAULTS:
-            raise CosimError(f"unknown fault {self.fault!r}; choose one of {', '.join(ProcessingElement.FAULTS)}")
+        if self.fault is not None and self.fault not in FAULTS:
+            raise CosimError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)}")
         if self.memory not in MEMORIES:
             raise CosimError(f"unknown memory {self.memory!r}; choose one of {', '.join(MEMORIES)}")
         if self.jobs < 1:
@@ -248,16 +250,23 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     depths, words = write_run(build, run_dir)
     t1 = time.perf_counter()
     pe_name, pe_src = pe_verilog(build.cfg, opts.fault, opts.cache or runner.cache_dir(), opts.memory)
-    top = wrapper_verilog(build.cfg, pe_name, depths)
-    sources = {f"{pe_name}.v": pe_src, "yoloq_cosim_tb.v": top}
+    sources = {f"{pe_name}.v": pe_src, f"{TOP}.v": TESTBENCH_HDL.read_text()}
     if opts.memory == "ecp5":
         sources["dp16kd_model.v"] = DP16KD_MODEL.read_text()
-    build_dir = runner.build(opts.sim, sources, opts.cache, public=tuple(pe_ports(build.cfg).values()))
+    build_dir = runner.build(opts.sim, sources, opts.cache, public=tuple(pe_ports(build.cfg).values()),
+                             parameters=testbench_parameters(build.cfg, depths), defines={PE_MACRO: pe_name},
+                             waves=opts.waves is not None)
     t2 = time.perf_counter()
     with _LayerProgress(bar, run_dir / RESULTS, len(build.items)):
         outcome = runner.run(opts.sim, build_dir, run_dir, {"tb_seed": opts.seed, "idle": opts.idle,
-                                                             "stall": opts.stall, **words})
+                                                             "stall": opts.stall, **words},
+                             waves=opts.waves is not None)
     t3 = time.perf_counter()
+    waves = None
+    if outcome.waves is not None:
+        Path(opts.waves).mkdir(parents=True, exist_ok=True)
+        waves = Path(opts.waves) / f"build{index}{outcome.waves.suffix}"
+        os.replace(outcome.waves, waves)
     report_path = run_dir / REPORT
     # the testbench writes the report; if the simulation ended before it could, compare here
     report = json.loads(report_path.read_text()) if report_path.exists() else compare(run_dir)
@@ -269,6 +278,7 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     return {"label": build.label, "pe": pe_name, "lanes": build.cfg.lanes, "mode": build.cfg.mode,
             "acc_bits": build.cfg.acc_bits, "build_dir": str(build_dir), "run_dir": str(run_dir),
             "passed": outcome.passed, "cycles": report.get("cycles"), "beats": report.get("beats"),
+            "waves": str(waves) if waves else None, "protocol_errors": report.get("protocol_errors"),
             "sim_seconds": round(t3 - t2, 3), "report": report}
 
 
@@ -289,8 +299,7 @@ def cosimulate(cases: list[LayerCase], opts: Options = Options()) -> CosimResult
         work = Path(opts.work)
     try:
         with tqdm(total=len(cases), desc=f"cosim {opts.sim}", unit="layer", disable=not opts.progress,
-                  leave=False) as bar, runner.simulator_environment(opts.sim), \
-                ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+                  leave=False) as bar, ThreadPoolExecutor(max_workers=opts.jobs) as pool:
             futures = [pool.submit(_run_build, i, b, opts, work, bar, timing, lock) for i, b in enumerate(plan)]
             builds = [f.result() for f in futures]
     finally:
@@ -324,7 +333,7 @@ def summary(result: CosimResult, sim: str) -> str:
                      f"elaborate and compile {t.get('build', 0):.1f} s, simulate {t.get('simulate', 0):.1f} s)")
     for b in result.builds:
         lines.append(f"  {b['label']}: PE {b['lanes']} lanes, acc {b['acc_bits']} bits, {b['cycles']} cycles "
-                     f"in {b['sim_seconds']:.1f} s")
+                     f"in {b['sim_seconds']:.1f} s" + (f"; trace {b['waves']}" if b.get("waves") else ""))
     for row in result.listed[:20]:
         lines.append(f"  mismatch: {format_mismatch(row)}")
     for p in result.problems:

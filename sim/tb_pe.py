@@ -125,6 +125,7 @@ class CosimTB:
         await ClockCycles(self.dut.clk, 2)
         stats = {"cycles": int(self.dut.cycles.value), "beats": int(self.dut.beats_sent.value),
                  "results": int(self.dut.results_seen.value), "timed_out": bool(self.dut.timed_out.value),
+                 "protocol_errors": int(self.dut.protocol_errors.value),
                  "sim_seconds": seconds,
                  # after the last result nothing may remain in flight: no beat offered, no result pending
                  "idle_at_end": not int(self.elements.valid.value) and not int(self.results.valid.value)}
@@ -151,6 +152,8 @@ if cocotb is not None:
         for problem in report["problems"]:
             tb.log.error("%s", problem)
         assert not stats["timed_out"], "the PE stopped accepting beats or producing results (watchdog)"
+        assert stats["protocol_errors"] == 0, \
+            f"the PE's results stream withdrew or changed an offered result {stats['protocol_errors']} times"
         assert stats["idle_at_end"], "beats or results still in flight after the last expected result"
         assert report["mismatches"] == 0 and not report["problems"], \
             f"{report['mismatches']} mismatches in {report['results']} results"

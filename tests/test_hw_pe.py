@@ -13,6 +13,7 @@ from amaranth.sim import Simulator
 
 from hw.config import PEConfig
 from hw.pe import ProcessingElement
+from sim.faults import FAULTS
 from sw.intref.contract import LayerContract
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
 from sw.quant.quantizer import quantize_tensor
@@ -24,10 +25,10 @@ def _layer(method, gran, bits=4, shape=(3, 5, 3, 3), act_bits=8, seed=0):
     return LayerContract.from_record("model.1.conv", quantize_tensor(w, method, bits, gran), act_bits, 16)
 
 
-def _pe(layout, **kwargs):
+def _pe(layout):
     """The layer's exact PE, its parameters preloaded."""
     cfg = PEConfig.for_layer(layout)
-    return ProcessingElement(cfg, cfg.param_init(layout), **kwargs)
+    return ProcessingElement(cfg, cfg.param_init(layout))
 
 
 def _stimulus(layout, positions=2, seed=0):
@@ -170,7 +171,7 @@ def test_pe_latency_matches_config():
 
     async def bench(ctx):
         ctx.set(pe.results.ready, 1)
-        for i, beat in enumerate(dots[0]):
+        for beat in dots[0]:
             ctx.set(pe.elements.payload.as_value(), beat)
             ctx.set(pe.elements.valid, 1)
             await ctx.tick()
@@ -224,10 +225,11 @@ def test_pe_reset_discards_partial_dot_product():
     assert got == [expected[0]]
 
 
-@pytest.mark.parametrize("fault", ProcessingElement.FAULTS)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_faulty_variants_are_caught(fault):
     c = _layer("affine", "cshape", shape=(3, 24, 3, 3), act_bits=10, seed=5)
     layout = StreamLayout.build(c, 4)
     dots, expected = _stimulus(layout, seed=5)
-    pe = _pe(layout, fault=fault)
+    cfg = PEConfig.for_layer(layout)
+    pe = FAULTS[fault](cfg, cfg.param_init(layout))
     assert _run(pe, dots, expected) != expected

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sw.errors import QuantizationError
 from sw.intref.contract import ActQuant, LayerContract, scale_shift, signed_bits_for
 from sw.intref.conv import FLOAT64_EXACT, integer_conv2d, integer_conv2d_int64
 from sw.intref.network import IntegerConv2d
@@ -134,7 +135,7 @@ def test_act_quant_zero_point_and_padding():
     assert codes[1].item() == q.zero_point  # 0.0 is exact
     assert codes[-1].item() == 127 and codes[0].item() == -128
     assert (q.dequantize(codes)[:4] - x[:4]).abs().max() <= q.scale / 2 + 1e-12
-    with pytest.raises(Exception):
+    with pytest.raises(QuantizationError, match="invalid activation quantizer"):
         ActQuant(8, 0.1, 300)
 
 

@@ -16,9 +16,9 @@ from amaranth.lib import data
 
 from hw.build import weight_words
 from hw.config import PEConfig
-from hw.pe import ProcessingElement
 from sim.capture import conv_input, image_paths, layer_case, receptive_fields, sample_positions
 from sim.cosim import Options, cosimulate, plan_builds
+from sim.faults import FAULTS
 from sim.runner import SimulatorError, check_simulator
 from sim.stimulus import LayerCase, reference_accumulators
 from sim.tb_pe import format_mismatch
@@ -98,6 +98,32 @@ def test_superset_pe_bounds_every_layer_and_packs_wider_fields():
             assert data.Const(cfg.word_layout, word).breakpoint == b
     assert PEConfig.superset([lay for _, lay in builds[0].items]) == cfg
     assert len(plan_builds([_random_case(c) for c in cs], LANES, exact=True)) == 2
+
+
+def test_testbench_hdl_is_held_to_the_pe(tmp_path, monkeypatch):
+    """sim/hdl/yoloq_cosim_tb.v connects exactly the PE signature's ports and reads the program in order."""
+    import sim.wrapper as wrapper
+
+    cfg = PEConfig.for_layer(StreamLayout.build(_contract("pwlq", "cshape"), LANES))
+    wrapper.check_testbench(cfg)
+    text = wrapper.TESTBENCH_HDL.read_text()
+    for broken in (text.replace(".params__en(p_en), ", ""),                 # a PE port left unconnected
+                   text.replace("e_beats = entry[3*32", "e_beats = entry[5*32")    # program fields out of order
+                       .replace("e_act_base = entry[5*32", "e_act_base = entry[3*32")):
+        fake = tmp_path / "yoloq_cosim_tb.v"
+        fake.write_text(broken)
+        monkeypatch.setattr(wrapper, "TESTBENCH_HDL", fake)
+        with pytest.raises(ValueError):
+            wrapper.check_testbench(cfg)
+
+
+@pytest.mark.slow
+def test_waves_record_a_trace(tmp_path):
+    cases = [_random_case(_contract("affine", "filter", shape=(2, 3, 3, 3)), positions=1)]
+    result = cosimulate(cases, Options(sim="icarus", lanes=LANES, waves=tmp_path / "waves", progress=False))
+    _assert_exact(result, cases)
+    trace = tmp_path / "waves" / "build0.fst"
+    assert result.builds[0]["waves"] == str(trace) and trace.stat().st_size > 1000
 
 
 def test_capture_windows_are_im2col_rows():
@@ -257,7 +283,7 @@ def test_pe_with_the_ecp5_parameter_memory(method, gran):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fault", ProcessingElement.FAULTS)
+@pytest.mark.parametrize("fault", FAULTS)
 def test_mutant_pe_is_caught(fault, real_layer_cases):
     result = cosimulate(real_layer_cases[:1], Options(sim="icarus", lanes=LANES, fault=fault, progress=False))
     assert result.mismatches > 0 and not result.ok

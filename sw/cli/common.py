@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..atomic import check_replaceable
 from ..errors import YoloqError
+from ..intref.bounds import ACT_BITS_RANGE, DEFAULT_SCALE_BITS, SCALE_BITS_RANGE
 from ..paths import data_root
 
 
@@ -39,7 +40,7 @@ def float_in(lo: float, hi: float):
     return parse
 
 
-ACT_BITS = int_in(2, 16)     # the integer contract's activation widths (sw.intref.contract)
+ACT_BITS = int_in(*ACT_BITS_RANGE)     # the integer contract's activation widths (sw.intref.contract)
 
 
 def _writable_parent(path: Path, flag: str) -> None:
@@ -128,7 +129,8 @@ def add_quant_args(p: argparse.ArgumentParser, defaults: bool = True, calib: boo
     g.add_argument("--first-last-8bit", action="store_true", help="keep the first conv and the Detect convs at 8 bits")
     g.add_argument("--channel-1x1", choices=CHANNEL_1X1, default="fp16",
                    help="channel-wise on 1x1 convs: leave in FP16 as the paper (default) or quantize anyway")
-    g.add_argument("--scale-bits", type=int_in(2, 24), default=16, help="stored width of each group scale, F (default 16)")
+    g.add_argument("--scale-bits", type=int_in(*SCALE_BITS_RANGE), default=DEFAULT_SCALE_BITS,
+                   help=f"stored width of each group scale, F (default {DEFAULT_SCALE_BITS})")
     g.add_argument("--budget-bits", type=float_in(1.0, 32.0), metavar="B",
                    help="choose each layer's bits (2..8) and granularity (of --granularity's mix) to minimise the "
                         "summed layer-output noise-to-signal ratio on calibration data (nearest rounding) while "

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import QuantizationError
+from ..intref.bounds import ACT_BITS_RANGE, SCALE_BITS_RANGE
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
 from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
@@ -100,13 +101,14 @@ def run_build(args) -> int:
     return 0
 
 
-def _int_list(text: str, flag: str, hi: int) -> list[int]:
+def _int_list(text: str, flag: str, bounds: tuple[int, int]) -> list[int]:
+    lo, hi = bounds
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or not all(2 <= v <= hi for v in values):
-        raise QuantizationError(f"{flag}: expected comma-separated integers from 2 to {hi}, got {text!r}")
+    if not values or not all(lo <= v <= hi for v in values):
+        raise QuantizationError(f"{flag}: expected comma-separated integers from {lo} to {hi}, got {text!r}")
     return values
 
 
@@ -116,8 +118,8 @@ def run_formats_cmd(args) -> int:
     from ..intref.formats import formats_table, run_formats, write_report
     from ..quant.model import quantize_model
 
-    acts = _int_list(args.act_bits_list, "--act-bits-list", 16)
-    scales = _int_list(args.scale_bits_list, "--scale-bits-list", 24)
+    acts = _int_list(args.act_bits_list, "--act-bits-list", ACT_BITS_RANGE)
+    scales = _int_list(args.scale_bits_list, "--scale-bits-list", SCALE_BITS_RANGE)
     check_output_dir(args.output, "-o")
     spec = spec_from_args(args)
     qm = quantize_model(load_model(args.weights).model, spec, progress=not args.quiet,

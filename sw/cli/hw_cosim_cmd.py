@@ -50,6 +50,8 @@ def add_parser(hw_subparsers) -> None:
                    help="build a deliberately wrong PE (mutation check): the run must report mismatches")
     g.add_argument("--jobs", type=int, default=2, help="simulations run at once (default 2)")
     g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
+    g.add_argument("--waves", metavar="DIR", help="record a trace of each PE build's run into DIR (Icarus: "
+                                                  "build<i>.fst, Verilator: build<i>.vcd), to look at a mismatch")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     h = p.add_argument_group("hardware format (integer contract)")
     h.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
@@ -89,10 +91,11 @@ def run(args) -> int:
         raise CosimError(f"--images must be at least 1, got {args.images}")
     opts = Options(sim=args.sim, lanes=args.lanes, exact=args.exact, seed=args.seed, idle=args.idle,
                    stall=args.stall, fault=args.fault, jobs=args.jobs, work=Path(args.keep) if args.keep else None,
-                   progress=not args.quiet)
+                   waves=Path(args.waves) if args.waves else None, progress=not args.quiet)
     opts.validate()  # a missing simulator fails here, before minutes of quantizing
     check_output_file(args.json, "--json")
     check_output_dir(args.keep, "--keep")
+    check_output_dir(args.waves, "--waves")
     spec_from_args(args)  # and so do bad quantization flags
     qm, quantize_s = _model(args)
     names = pe_layer_names(qm, None if args.layers == ["all"] else args.layers, args.quantized or args.weights)

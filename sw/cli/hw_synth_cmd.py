@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import QuantizationError
+from ..intref.bounds import WEIGHT_BITS_RANGE
 from .common import ACT_BITS, check_output_dir, check_output_file, float_in, int_in
 from .hw_common import pe_layer_names, quantized_layers
 
@@ -60,8 +61,9 @@ def _config(args):
 
     from ..intref.contract import LayerContract
 
-    if not 2 <= args.bits <= 8:
-        raise QuantizationError(f"--bits must be from 2 to 8, got {args.bits}")
+    lo, hi = WEIGHT_BITS_RANGE
+    if not lo <= args.bits <= hi:
+        raise QuantizationError(f"--bits must be from {lo} to {hi}, got {args.bits}")
     if args.quantized or args.layer:
 
         if not (args.quantized and args.layer):
@@ -110,7 +112,7 @@ def run_table(args) -> int:
     from hw.synth_table import run_table as table, table_markdown, write_table
 
     lanes = _ints(args.lanes, "--lanes", 1, 256)
-    bits = _ints(args.bits, "--bits", 2, 8)
+    bits = _ints(args.bits, "--bits", *WEIGHT_BITS_RANGE)
     rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet)
     write_table(rows, Path(args.output))
     print(table_markdown(rows), end="")

@@ -50,8 +50,14 @@ from ..quant.granularity import group_index
 from ..quant.pwlq import unpack_tail
 from ..quant.record import QuantizedTensor
 
-DEFAULT_ACT_BITS = 8
-DEFAULT_SCALE_BITS = 16
+# The widths the contract supports, (lowest, highest), and its defaults: defined without torch in .bounds
+# (the CLI reads them from there), re-exported here for hw and sim.
+from .bounds import (ACT_BITS_RANGE, DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS,  # noqa: E402,F401
+                     SCALE_BITS_RANGE, WEIGHT_BITS_RANGE)
+
+
+def in_range(value: int, bounds: tuple[int, int]) -> bool:
+    return bounds[0] <= value <= bounds[1]
 
 
 def signed_bits_for(lo: int, hi: int) -> int:
@@ -133,8 +139,9 @@ class ContractFormat:
     breakpoint_bits: int = 0  # Bw, declared unsigned width of PWLQ's stored breakpoints P (0: none)
 
     def __post_init__(self):
-        if not 2 <= self.weight_bits <= 8 or not 2 <= self.act_bits <= 16 or not 2 <= self.scale_bits <= 24 \
-                or not 0 <= self.zero_point_bits <= 32 or self.fan_in < 1 or not 0 <= self.breakpoint_bits <= 40 \
+        if not in_range(self.weight_bits, WEIGHT_BITS_RANGE) or not in_range(self.act_bits, ACT_BITS_RANGE) \
+                or not in_range(self.scale_bits, SCALE_BITS_RANGE) or not 0 <= self.zero_point_bits <= 32 \
+                or self.fan_in < 1 or not 0 <= self.breakpoint_bits <= 40 \
                 or (self.breakpoint_bits > 0) != self.pwlq or (self.pwlq and self.zero_point_bits):
             raise QuantizationError(f"unsupported contract format {self}")
 
@@ -256,9 +263,9 @@ class LayerContract:
     @classmethod
     def from_record(cls, name: str, qt: QuantizedTensor, act_bits: int = DEFAULT_ACT_BITS,
                     scale_bits: int = DEFAULT_SCALE_BITS) -> "LayerContract":
-        if not 2 <= act_bits <= 16 or not 2 <= scale_bits <= 24:
-            raise QuantizationError(f"{name}: act_bits must be 2..16 and scale_bits 2..24, "
-                                    f"got {act_bits} and {scale_bits}")
+        if not in_range(act_bits, ACT_BITS_RANGE) or not in_range(scale_bits, SCALE_BITS_RANGE):
+            raise QuantizationError(f"{name}: act_bits must be {'..'.join(map(str, ACT_BITS_RANGE))} and scale_bits "
+                                    f"{'..'.join(map(str, SCALE_BITS_RANGE))}, got {act_bits} and {scale_bits}")
         e = scale_shift(qt.scale, scale_bits)
         scale_int = torch.round(qt.scale * 2.0 ** e).to(torch.int64)
         zw = max(zero_point_widths(qt))  # the accounting's declared widths; 0 = nothing stored

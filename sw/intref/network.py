@@ -18,7 +18,7 @@ from torch import nn
 from ..quant.model import QuantizedModel
 import torch.nn.functional as F
 
-from .contract import ActQuant, LayerContract
+from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS, ActQuant, LayerContract
 from .conv import integer_conv2d
 
 
@@ -70,8 +70,8 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, attr, module)
 
 
-def build_hardware_model(qm: QuantizedModel, act_quant: dict[str, ActQuant], act_bits: int = 8,
-                         scale_bits: int = 16, partial: bool = False):
+def build_hardware_model(qm: QuantizedModel, act_quant: dict[str, ActQuant], act_bits: int = DEFAULT_ACT_BITS,
+                         scale_bits: int = DEFAULT_SCALE_BITS, partial: bool = False):
     """(hardware-exact model, contracts): a copy of ``qm.model`` with every quantized conv made integer.
     ``partial``: only the convs in ``act_quant`` (a calibration that stopped early); the contracts are theirs."""
     model = copy.deepcopy(qm.model).eval()

@@ -19,6 +19,7 @@ integer conv (:func:`~sw.intref.conv.integer_conv2d`) exactly, whatever the lane
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
@@ -27,11 +28,22 @@ from ..quant.pwlq import unpack_tail
 from .contract import ContractFormat, LayerContract
 from .packing import Field, bit_matrix, field_columns, words_of
 
-MODES = ("group", "lane")
+class Mode(str, Enum):
+    """How a beat addresses the parameter memory: one group per beat, or one group per lane (F-shape).
+    A ``str``: equal to, and formatted as, its value ("group", "lane")."""
+
+    GROUP = "group"
+    LANE = "lane"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 
-def mode_for(granularity: str) -> str:
-    return "lane" if granularity == "fshape" else "group"
+MODES = tuple(Mode)
+
+
+def mode_for(granularity: str) -> Mode:
+    return Mode.LANE if granularity == "fshape" else Mode.GROUP
 
 
 def bits_for(n: int) -> int:
@@ -54,7 +66,10 @@ class StreamFormat:
     fmt: ContractFormat
     lanes: int
     addr_bits: int
-    mode: str
+    mode: Mode
+
+    def __post_init__(self):
+        object.__setattr__(self, "mode", Mode(self.mode))  # a plain "group"/"lane" is accepted
 
     @property
     def fields(self) -> tuple[Field, ...]:
@@ -74,7 +89,7 @@ class StreamFormat:
 
     @property
     def param_format(self) -> "ParamFormat":
-        return ParamFormat(self.fmt, self.lanes if self.mode == "lane" else 1)
+        return ParamFormat(self.fmt, self.lanes if self.mode == Mode.LANE else 1)
 
     def pack(self, beats: dict[str, np.ndarray]) -> list[int]:
         """Pack arrays (leading dim = beat; lane fields [beats, L]) into one integer per beat."""
@@ -149,20 +164,21 @@ class StreamLayout:
 
     contract: LayerContract
     lanes: int
-    mode: str
+    mode: Mode
     lane_element: np.ndarray   # [beats, L] element index (into c*kh*kw, row-major), -1 = idle lane
     beat_addr: np.ndarray      # [o, beats] parameter memory address of each beat
     param_words: int           # parameter memory depth
 
     @classmethod
-    def build(cls, contract: LayerContract, lanes: int, mode: str | None = None) -> "StreamLayout":
-        mode = mode or mode_for(contract.granularity)
+    def build(cls, contract: LayerContract, lanes: int, mode: Mode | str | None = None) -> "StreamLayout":
+        mode = mode_for(contract.granularity) if mode is None else mode
         if mode not in MODES or lanes < 1:
             raise ValueError(f"bad stream mode {mode!r} or lanes {lanes}")
         o = contract.shape[0]
         n = contract.fmt.fan_in
         gid = contract.group_ids.reshape(o, n).numpy()
-        if mode == "lane":
+        mode = Mode(mode)
+        if mode == Mode.LANE:
             if not (gid == np.arange(n)[None, :]).all():
                 raise ValueError(f"{contract.name}: lane addressing needs one group per element (F-shape)")
             beats = -(-n // lanes)
@@ -278,7 +294,7 @@ def pe_accumulate(layout: StreamLayout, out_channel: int, acts: np.ndarray) -> n
         offset[:, 1] = c.breakpoint.numpy()
     prod = sign[None] * u[None] * acts                 # [P, beats, L]
     xs = sign[None] * acts
-    if layout.mode == "group":
+    if layout.mode == Mode.GROUP:
         addr = wb["addr"]
         acc = np.zeros(acts.shape[0], dtype=np.int64)
         for r in range(c.fmt.regions):

@@ -17,13 +17,14 @@ from ..eval.images import load_letterboxed
 from ..quant.model import QuantizedModel
 from .calibrate import calibrate
 from .compare import activation_sqnr
+from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS
 from .network import build_hardware_model
 
 
 @dataclass
 class HardwareFormat:
-    act_bits: int = 8
-    scale_bits: int = 16
+    act_bits: int = DEFAULT_ACT_BITS
+    scale_bits: int = DEFAULT_SCALE_BITS
     calib_images: int = 32
 
 

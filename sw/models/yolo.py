@@ -60,7 +60,7 @@ def parse_arg(a, names: dict):
             args = [ast.literal_eval(x) for x in node.args]
             kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
             return cls(*args, **kwargs)
-        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+        except (ValueError, TypeError, SyntaxError, RecursionError):
             raise ConfigError(f"activation arguments must be literals it accepts: {a!r}") from None
     if isinstance(node, ast.Name):
         return a

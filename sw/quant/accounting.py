@@ -30,12 +30,11 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import QuantizationError
-
+from ..intref.bounds import DEFAULT_SCALE_BITS  # noqa: F401 (re-exported: the stored scale width, F)
 from .record import QuantizedTensor
 
 FP16_BITS = 16
 SHIFT_BITS = 8
-DEFAULT_SCALE_BITS = 16
 
 
 def signed_width(values: torch.Tensor) -> int:

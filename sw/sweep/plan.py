@@ -8,9 +8,13 @@ every plan starts with it because the Fig. 4 loss is measured against it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import QuantizationError, SweepError
 from ..quant.names import MAX_BITS, MIN_BITS
+
+if TYPE_CHECKING:  # the CLI reads this module without loading torch
+    from ..quant.model import QuantSpec
 
 BASELINE_METHOD = "baseline"
 # The paper's Table I order; "Uniform" in its tables is the affine quantizer.

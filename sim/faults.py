@@ -1,0 +1,46 @@
+"""Deliberately wrong processing elements, for checking that a testbench catches a wrong PE (mutation check).
+
+Each is a subclass of :class:`hw.pe.ProcessingElement` overriding one step of its datapath; the production
+PE carries no fault logic. ``yoloq hw cosim --fault NAME`` and the tests build them by name.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat
+
+from hw import PE_FAULTS
+from hw.pe import ProcessingElement
+
+
+class ZeroPointOffByOne(ProcessingElement):
+    """Uses z + 1 wherever a stored zero-point is used (PWLQ, which has none: the tails' offset B + 1)."""
+
+    def _zero_point(self, word, region):
+        z = super()._zero_point(word, region)
+        return None if z is None else (z + 1)[:z.shape().width + 1].as_signed()
+
+    def _breakpoint(self, word, region):
+        b = super()._breakpoint(word, region)
+        return None if b is None else b + 1
+
+
+class DroppedCarry(ProcessingElement):
+    """Loses the running sum's carry out of bit 15."""
+
+    def _accumulate(self, running, contrib):
+        low = running[:16] + contrib[:16]
+        return Cat(low[:16], running[16:] + contrib[16:])
+
+
+FAULTS: dict[str, type[ProcessingElement]] = {"zero_point_off_by_one": ZeroPointOffByOne,
+                                              "dropped_carry": DroppedCarry}
+assert tuple(FAULTS) == PE_FAULTS, "hw.PE_FAULTS (the CLI's torch-free list) names these variants"
+
+
+def pe_class(fault: str | None) -> type[ProcessingElement]:
+    """The PE to build: the production one, or the named faulty variant."""
+    if fault is None:
+        return ProcessingElement
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+    return FAULTS[fault]

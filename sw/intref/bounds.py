@@ -1,0 +1,12 @@
+"""The integer contract's width bounds and defaults, without importing torch, so the command line can check
+flags in milliseconds. Each is defined here once; :mod:`sw.intref.contract` and the CLI import them."""
+
+from __future__ import annotations
+
+from ..quant.names import MAX_BITS, MIN_BITS
+
+WEIGHT_BITS_RANGE = (MIN_BITS, MAX_BITS)  # k
+ACT_BITS_RANGE = (2, 16)                  # A
+SCALE_BITS_RANGE = (2, 24)                # F
+DEFAULT_ACT_BITS = 8
+DEFAULT_SCALE_BITS = 16                   # also the storage accounting's width of a stored scale
