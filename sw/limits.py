@@ -32,8 +32,9 @@ MAX_ANCHORS = 16                     # anchors per detection level (and at most 
 MAX_PARAMETERS = 256 * MiB           # weights and buffers of the whole model (1 GiB in FP32)
 MAX_ACTIVATION = 64 * MiB            # elements of one layer's output for a 256 x 256 input
 
-# Images.
+# COCO folders.
 MAX_IMAGE_PIXELS = 64 * MiB          # width x height of one image (PIL's own bomb check is at ~89 M)
+MAX_ANNOTATION_BYTES = 64 * MiB      # the instances JSON (val2017's is 25 MB; parsed, it takes ~10x that)
 
 
 def describe() -> str:
@@ -43,4 +44,4 @@ def describe() -> str:
             f"objects nested {MAX_NESTING} deep; config nc <= {MAX_CLASSES}, {MAX_LAYERS} layers, "
             f"repeats <= {MAX_REPEATS}, multiples <= {MAX_MULTIPLE:g}, channels <= {MAX_CHANNELS}, "
             f"upsample <= {MAX_UPSAMPLE}, {MAX_PARAMETERS // MiB} M parameters; "
-            f"images <= {MAX_IMAGE_PIXELS // MiB} Mpixel.")
+            f"images <= {MAX_IMAGE_PIXELS // MiB} Mpixel, COCO annotations <= {MAX_ANNOTATION_BYTES // MiB} MiB.")

@@ -30,7 +30,6 @@ from .nms import non_max_suppression
 
 ANNOTATIONS = "annotations/instances_val2017.json"
 IMAGES = "images/val2017"
-MAX_ANNOTATION_BYTES = 1 << 30
 # An evaluation fails when more than this fraction of its images had to be skipped (unreadable, too large,
 # or inconsistent with their annotation): a few bad files are reported, a broken dataset is an error.
 MAX_SKIPPED_FRACTION = 0.05
@@ -94,8 +93,9 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
             raise DataNotFoundError(f"{what} missing: {p} (expected the standard COCO layout under {root})")
     if not ann_file.is_file():
         raise DataNotFoundError(f"{ann_file}: COCO annotation file is not a regular file")
-    if ann_file.stat().st_size > MAX_ANNOTATION_BYTES:
-        raise DataNotFoundError(f"{ann_file}: larger than {MAX_ANNOTATION_BYTES >> 20} MiB")
+    if ann_file.stat().st_size > limits.MAX_ANNOTATION_BYTES:
+        raise DataNotFoundError(f"{ann_file}: larger than the {limits.MAX_ANNOTATION_BYTES // limits.MiB} MiB "
+                                "accepted for a COCO annotation file")
     try:
         data = json.loads(ann_file.read_bytes())
         raw_images, annotations = data["images"], data["annotations"]
