@@ -13,7 +13,8 @@ MiB = 1 << 20
 # Checkpoints (.pt) and quantized artifacts (.yqa): both are zips.
 MAX_FILE_BYTES = 2048 * MiB          # a checkpoint or artifact file on disk
 MAX_TENSOR_BYTES = 1024 * MiB        # all tensor data in one file, decompressed
-MAX_PICKLE_BYTES = 64 * MiB          # a checkpoint's data.pkl (structure only; tensors are separate members)
+MAX_PICKLE_BYTES = 16 * MiB          # a checkpoint's data.pkl (structure only; YOLOv7's is 150 KB)
+MAX_PICKLE_OPS = 500_000             # opcodes in it (YOLOv7's has 65,000)
 MAX_MANIFEST_BYTES = 16 * MiB        # an artifact's yoloq.json
 MAX_EXPANSION = 64                   # decompressed bytes per stored byte of a zip (torch stores, ratio 1)
 MAX_MEMBERS = 10_000                 # entries in one zip (official checkpoints: ~1,000)
