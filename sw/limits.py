@@ -16,7 +16,8 @@ MAX_TENSOR_BYTES = 1024 * MiB        # all tensor data in one file, decompressed
 MAX_PICKLE_BYTES = 16 * MiB          # a checkpoint's data.pkl (structure only; YOLOv7's is 150 KB)
 MAX_PICKLE_OPS = 500_000             # opcodes in it (YOLOv7's has 65,000)
 MAX_MANIFEST_BYTES = 16 * MiB        # an artifact's yoloq.json
-MAX_EXPANSION = 64                   # decompressed bytes per stored byte of a zip (torch stores, ratio 1)
+MAX_EXPANSION = 64                   # decompressed bytes per stored byte of one zip member (torch stores: 1)
+MAX_TOTAL_EXPANSION = 8              # ... of all members read from a file (a YOLOv7 artifact: 2.8)
 MAX_MEMBERS = 10_000                 # entries in one zip (official checkpoints: ~1,000)
 MAX_NESTING = 64                     # depth of the pickled object tree or of a JSON manifest
 MAX_OBJECTS = 500_000                # objects in the pickled tree, counting each shared reference again
@@ -41,7 +42,7 @@ MAX_ANNOTATION_BYTES = 64 * MiB      # the instances JSON (val2017's is 25 MB; p
 def describe() -> str:
     """The limits as a few lines of text for ``--help`` and the README."""
     return (f"Largest inputs accepted: checkpoint or artifact {MAX_FILE_BYTES // MiB} MiB on disk, "
-            f"{MAX_TENSOR_BYTES // MiB} MiB of tensors (at most {MAX_EXPANSION}x its compressed size), "
+            f"{MAX_TENSOR_BYTES // MiB} MiB of tensors (at most {MAX_TOTAL_EXPANSION}x the file's size), "
             f"objects nested {MAX_NESTING} deep; config nc <= {MAX_CLASSES}, {MAX_LAYERS} layers, "
             f"repeats <= {MAX_REPEATS}, multiples <= {MAX_MULTIPLE:g}, channels <= {MAX_CHANNELS}, "
             f"upsample <= {MAX_UPSAMPLE}, {MAX_PARAMETERS // MiB} M parameters; "

@@ -9,6 +9,7 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,6 +118,12 @@ def _build_cases(tmp):
     c["encrypted member"] = (enc, r"data.pkl is encrypted")
     c["bzip2 member"] = (ckpt("bzip2", state_dict(w=NONE), compression=zipfile.ZIP_BZIP2),
                          r"compression method 12")
+    sparse_bytes = np.zeros(4 << 20, np.uint8)  # a random byte in 32: each member deflates ~15:1 (under 64)
+    sparse_bytes[::32] = np.random.default_rng(0).integers(0, 256, len(sparse_bytes) // 32)
+    c["members of 15:1 adding up past 8x the file"] = (ckpt("ratio", state_dict(**{
+        f"w{i}": tensor(str(i), (4 << 20,), (1,), storage_type="ByteStorage", numel=4 << 20) for i in range(4)}),
+        {str(i): sparse_bytes.tobytes() for i in range(4)}, compression=zipfile.ZIP_DEFLATED),
+        r"bytes of data in all \(at most 8x the file's size")
     entries = tmp / "entries.pt"
     with zipfile.ZipFile(entries, "w") as zf:  # an honest zip: 12,000 empty members
         zf.writestr("archive/data.pkl", state_dict(w=NONE))
@@ -157,7 +164,7 @@ CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()"
          "storage type outside the table", "_parameters is a list", "BatchNorm eps NaN",
          "storage smaller than the pickle says", "view past the end of its storage", "stride-0 view of 10^12 elements",
          "negative storage offset", "size of 2^70", "storage key is a billion laughs", "storage missing from the zip",
-         "zip bomb storage (deflate 1000:1)", "data.pkl of 20 MB", "600,000 cheap opcodes", "shared-reference bomb in an unused config key",
+         "zip bomb storage (deflate 1000:1)", "members of 15:1 adding up past 8x the file", "data.pkl of 20 MB", "600,000 cheap opcodes", "shared-reference bomb in an unused config key",
          "encrypted member", "bzip2 member", "12,000 zip entries", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
 
 
