@@ -13,9 +13,11 @@ MiB = 1 << 20
 # Checkpoints (.pt) and quantized artifacts (.yqa): both are zips.
 MAX_FILE_BYTES = 2048 * MiB          # a checkpoint or artifact file on disk
 MAX_TENSOR_BYTES = 1024 * MiB        # all tensor data in one file, decompressed
-MAX_PICKLE_BYTES = 64 * MiB          # a checkpoint's data.pkl (structure only; tensors are separate members)
+MAX_PICKLE_BYTES = 16 * MiB          # a checkpoint's data.pkl (structure only; YOLOv7's is 150 KB)
+MAX_PICKLE_OPS = 500_000             # opcodes in it (YOLOv7's has 65,000)
 MAX_MANIFEST_BYTES = 16 * MiB        # an artifact's yoloq.json
-MAX_EXPANSION = 64                   # decompressed bytes per stored byte of a zip (torch stores, ratio 1)
+MAX_EXPANSION = 64                   # decompressed bytes per stored byte of one zip member (torch stores: 1)
+MAX_TOTAL_EXPANSION = 8              # ... of all members read from a file (a YOLOv7 artifact: 2.8)
 MAX_MEMBERS = 10_000                 # entries in one zip (official checkpoints: ~1,000)
 MAX_NESTING = 64                     # depth of the pickled object tree or of a JSON manifest
 MAX_OBJECTS = 500_000                # objects in the pickled tree, counting each shared reference again
@@ -32,15 +34,16 @@ MAX_ANCHORS = 16                     # anchors per detection level (and at most 
 MAX_PARAMETERS = 256 * MiB           # weights and buffers of the whole model (1 GiB in FP32)
 MAX_ACTIVATION = 64 * MiB            # elements of one layer's output for a 256 x 256 input
 
-# Images.
+# COCO folders.
 MAX_IMAGE_PIXELS = 64 * MiB          # width x height of one image (PIL's own bomb check is at ~89 M)
+MAX_ANNOTATION_BYTES = 64 * MiB      # the instances JSON (val2017's is 25 MB; parsed, it takes ~10x that)
 
 
 def describe() -> str:
     """The limits as a few lines of text for ``--help`` and the README."""
     return (f"Largest inputs accepted: checkpoint or artifact {MAX_FILE_BYTES // MiB} MiB on disk, "
-            f"{MAX_TENSOR_BYTES // MiB} MiB of tensors (at most {MAX_EXPANSION}x its compressed size), "
+            f"{MAX_TENSOR_BYTES // MiB} MiB of tensors (at most {MAX_TOTAL_EXPANSION}x the file's size), "
             f"objects nested {MAX_NESTING} deep; config nc <= {MAX_CLASSES}, {MAX_LAYERS} layers, "
             f"repeats <= {MAX_REPEATS}, multiples <= {MAX_MULTIPLE:g}, channels <= {MAX_CHANNELS}, "
             f"upsample <= {MAX_UPSAMPLE}, {MAX_PARAMETERS // MiB} M parameters; "
-            f"images <= {MAX_IMAGE_PIXELS // MiB} Mpixel.")
+            f"images <= {MAX_IMAGE_PIXELS // MiB} Mpixel, COCO annotations <= {MAX_ANNOTATION_BYTES // MiB} MiB.")

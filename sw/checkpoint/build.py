@@ -71,8 +71,8 @@ def load_tensors(model: YoloModel, tensors: dict, source: str) -> None:
         parts = []
         if missing:
             parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if unexpected:  # names from the file: each cut short
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(k[:80] for k in unexpected[:3])})")
         if wrong:
             parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
         raise CheckpointError(f"{source}: tensors do not fit the architecture: " + "; ".join(parts))

@@ -94,7 +94,7 @@ def infer_builtin(state_dict: dict) -> str | None:
     Only configs with the state_dict's number of layers (``model.<i>.`` prefixes) are built to compare, so a
     state_dict of some other network is turned down at once."""
     top = {k.split(".", 2)[1] for k in state_dict if k.startswith("model.") and k.count(".") >= 2}
-    if not top or not all(t.isdigit() for t in top):
+    if not top or not all(t.isdigit() and len(t) < 6 for t in top):
         return None
     count = max(int(t) for t in top) + 1
     for name in BUILTIN:

@@ -54,8 +54,10 @@ class SafeZip:
     """An open zip whose reads are bounded; ``total`` counts the bytes decompressed so far."""
 
     def __init__(self, path: str | Path, source: str, budget: int = limits.MAX_TENSOR_BYTES):
-        self.source, self.budget, self.total = source, budget, 0
+        self.source, self.total = source, 0
         try:
+            # a small file cannot make yoloq read much more than it holds, whatever its members claim
+            self.budget = min(budget, limits.MAX_TOTAL_EXPANSION * os.path.getsize(path) + limits.MiB)
             _check_directory(path, source)
             self.zf = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as e:
@@ -90,8 +92,9 @@ class SafeZip:
             raise CheckpointError(f"{self.source}: {what} expands {info.compress_size} bytes to "
                                   f"{info.file_size} (a zip bomb? at most {limits.MAX_EXPANSION}x is read)")
         if self.total + info.file_size > self.budget:
-            raise CheckpointError(f"{self.source}: more than {self.budget // limits.MiB} MiB of data "
-                                  f"(the largest file yoloq reads)")
+            raise CheckpointError(f"{self.source}: more than {self.budget} bytes of data in all (at most "
+                                  f"{limits.MAX_TOTAL_EXPANSION}x the file's size, {limits.MAX_TENSOR_BYTES // limits.MiB}"
+                                  " MiB at most)")
         self.total += info.file_size
         try:
             with self.zf.open(info) as fh:

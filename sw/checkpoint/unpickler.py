@@ -205,8 +205,29 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the Python unpic
                 and len(module) + len(name) < 200:
             return record_type(f"{module}.{name}")
         raise UnsafeCheckpointError(
-            f"{self._source}: refused: the pickle asks for '{brief(module, 80)[1:-1]}.{brief(name, 80)[1:-1]}', "
+            f"{self._source}: refused: the pickle asks for '{module[:80]}.{name[:80]}', "
             "which is neither a tensor-rebuilding function nor a model class. Nothing from the file was run.")
+
+    def load(self):
+        """pickle._Unpickler.load with an opcode budget (limits.MAX_PICKLE_OPS): a small pickle of cheap
+        opcodes cannot keep the Python unpickler busy for long."""
+        self._unframer = pickle._Unframer(self._file_read, self._file_readline)  # noqa: SLF001
+        self.read, self.readinto, self.readline = (self._unframer.read, self._unframer.readinto,
+                                                   self._unframer.readline)
+        self.metastack, self.stack = [], []
+        self.append = self.stack.append
+        self.proto = 0
+        read, dispatch = self.read, self.dispatch
+        try:
+            for _ in range(limits.MAX_PICKLE_OPS):
+                key = read(1)
+                if not key:
+                    raise EOFError
+                dispatch[key[0]](self)
+        except pickle._Stop as stop:  # noqa: SLF001
+            return stop.value
+        raise CheckpointError(f"more than {limits.MAX_PICKLE_OPS} pickle opcodes (an official YOLOv7 "
+                              "checkpoint has ~65,000)")
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):

@@ -32,10 +32,10 @@ from .nms import non_max_suppression
 
 ANNOTATIONS = "annotations/instances_val2017.json"
 IMAGES = "images/val2017"
-MAX_ANNOTATION_BYTES = 1 << 30
 # An evaluation fails when more than this fraction of its images had to be skipped (unreadable, too large,
 # or inconsistent with their annotation): a few bad files are reported, a broken dataset is an error.
 MAX_SKIPPED_FRACTION = 0.05
+_MAX_WARNINGS = 10  # per kind; then a count
 
 
 def warn(message: str) -> None:
@@ -96,8 +96,9 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
             raise DataNotFoundError(f"{what} missing: {p} (expected the standard COCO layout under {root})")
     if not ann_file.is_file():
         raise DataNotFoundError(f"{ann_file}: COCO annotation file is not a regular file")
-    if ann_file.stat().st_size > MAX_ANNOTATION_BYTES:
-        raise DataNotFoundError(f"{ann_file}: larger than {MAX_ANNOTATION_BYTES >> 20} MiB")
+    if ann_file.stat().st_size > limits.MAX_ANNOTATION_BYTES:
+        raise DataNotFoundError(f"{ann_file}: larger than the {limits.MAX_ANNOTATION_BYTES // limits.MiB} MiB "
+                                "accepted for a COCO annotation file")
     try:
         data = json.loads(ann_file.read_bytes())
         raw_images, annotations = data["images"], data["annotations"]
@@ -114,9 +115,12 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
         if reason is not None:
             key = im["id"] if isinstance(im, dict) and _int(im.get("id")) else f"images[{n}]"
             skipped[key] = reason
-            warn(f"{ann_file}: image {key}: {reason}; skipped")
+            if len(skipped) <= _MAX_WARNINGS:
+                warn(f"{ann_file}: image {key}: {reason}; skipped")
             continue
         images[im["id"]] = im
+    if len(skipped) > _MAX_WARNINGS:
+        warn(f"{ann_file}: {len(skipped) - _MAX_WARNINGS} more image entries skipped")
     paths, sizes = {}, {}
     for image_id in sorted(images):
         p = img_dir / images[image_id]["file_name"]
@@ -154,6 +158,8 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
         targets[i] = (t[:, :4], t[:, 4])
     gt = {"images": [{"id": i, "height": sizes[i][0], "width": sizes[i][1]} for i in paths],
           "annotations": gt_anns, "categories": [{"id": c} for c in sorted(COCO91_TO_80)]}
+    if limit and len(paths) >= limit:
+        skipped = {}  # with --limit N reached, the bad entries were not among the images asked for
     return CocoSubset(root, ann_file, paths, sizes, targets, gt, skipped)
 
 
@@ -232,9 +238,11 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
         if n:
             warn(f"{desc}{' ' + tag if tag else ''}: {n} predictions with NaN or infinite values were dropped, "
                  "not scored")
-    for image_id, reason in coco.skipped.items():
-        if isinstance(image_id, int) and image_id in coco.paths:
-            warn(f"{reason}; skipped")
+    unreadable = [reason for image_id, reason in coco.skipped.items() if image_id in coco.paths]
+    for reason in unreadable[:_MAX_WARNINGS]:
+        warn(f"{reason}; skipped")
+    if len(unreadable) > _MAX_WARNINGS:
+        warn(f"{len(unreadable) - _MAX_WARNINGS} more images skipped")
     return results, forward_s
 
 

@@ -9,11 +9,13 @@ import os
 import pickle
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
 from hostile_harness import run_cli
-from hostile_payloads import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, GET, MARK, NONE, PUT, REDUCE, SETITEM, G, I,
+from hostile_payloads import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, GET, MARK, NONE, PROTO, PUT, REDUCE, SETITEM,
+                              STOP, G, I,
                               S, T, config_only, official, persid, state_dict, tensor, tiny_model, zip_checkpoint,
                               zip_member_of_zeros)
 
@@ -102,8 +104,10 @@ def _build_cases(tmp):
     c["zip bomb storage (deflate 1000:1)"] = (zip_member_of_zeros(
         tmp / "bomb.pt", "archive/data/0", 96 << 20,
         {"archive/data.pkl": state_dict(w=tensor("0", (24 << 20,), (1,), numel=24 << 20))}), r"a zip bomb\?")
-    c["data.pkl of 68 MB"] = (zip_member_of_zeros(tmp / "bigpkl.pt", "archive/data.pkl", 68 << 20),
-                              r"data.pkl is 71303168 bytes, more than the 67108864 accepted")
+    c["data.pkl of 20 MB"] = (zip_member_of_zeros(tmp / "bigpkl.pt", "archive/data.pkl", 20 << 20),
+                              r"data.pkl is 20971520 bytes, more than the 16777216 accepted")
+    c["600,000 cheap opcodes"] = (ckpt("ops", PROTO + b"]0" * 600_000 + NONE + STOP),
+                                  r"more than 500000 pickle opcodes")
     c["shared-reference bomb in an unused config key"] = (config_only(tmp / "cfgbomb.pt", {"unused": _laughs_obj()}),
                                                           r"more than 500000 objects")
     enc = ckpt("encrypted", state_dict(w=NONE))
@@ -114,6 +118,12 @@ def _build_cases(tmp):
     c["encrypted member"] = (enc, r"data.pkl is encrypted")
     c["bzip2 member"] = (ckpt("bzip2", state_dict(w=NONE), compression=zipfile.ZIP_BZIP2),
                          r"compression method 12")
+    sparse_bytes = np.zeros(4 << 20, np.uint8)  # a random byte in 32: each member deflates ~15:1 (under 64)
+    sparse_bytes[::32] = np.random.default_rng(0).integers(0, 256, len(sparse_bytes) // 32)
+    c["members of 15:1 adding up past 8x the file"] = (ckpt("ratio", state_dict(**{
+        f"w{i}": tensor(str(i), (4 << 20,), (1,), storage_type="ByteStorage", numel=4 << 20) for i in range(4)}),
+        {str(i): sparse_bytes.tobytes() for i in range(4)}, compression=zipfile.ZIP_DEFLATED),
+        r"bytes of data in all \(at most 8x the file's size")
     entries = tmp / "entries.pt"
     with zipfile.ZipFile(entries, "w") as zf:  # an honest zip: 12,000 empty members
         zf.writestr("archive/data.pkl", state_dict(w=NONE))
@@ -154,7 +164,7 @@ CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()"
          "storage type outside the table", "_parameters is a list", "BatchNorm eps NaN",
          "storage smaller than the pickle says", "view past the end of its storage", "stride-0 view of 10^12 elements",
          "negative storage offset", "size of 2^70", "storage key is a billion laughs", "storage missing from the zip",
-         "zip bomb storage (deflate 1000:1)", "data.pkl of 68 MB", "shared-reference bomb in an unused config key",
+         "zip bomb storage (deflate 1000:1)", "members of 15:1 adding up past 8x the file", "data.pkl of 20 MB", "600,000 cheap opcodes", "shared-reference bomb in an unused config key",
          "encrypted member", "bzip2 member", "12,000 zip entries", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
 
 

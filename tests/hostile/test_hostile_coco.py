@@ -129,3 +129,14 @@ def test_non_finite_predictions_are_never_scored(roots):
     assert all(torch.isfinite(d).all() and len(d) == 0 for d in dets.values())
     result = evaluate(broken, coco, img_size=64, progress=False)
     assert result["map50"] == 0.0 and result["precision"] == 0.0
+
+
+def test_oversized_annotation_file_is_refused_unread(tmp_path):
+    from sw.errors import DataNotFoundError
+
+    (tmp_path / "images/val2017").mkdir(parents=True)
+    (tmp_path / "annotations").mkdir()
+    with open(tmp_path / "annotations/instances_val2017.json", "wb") as fh:
+        fh.truncate(65 << 20)  # sparse: nothing to read, nothing parsed
+    with pytest.raises(DataNotFoundError, match="larger than the 64 MiB accepted"):
+        load_coco(tmp_path)

@@ -115,3 +115,4 @@ def test_plain_state_dict_of_another_network_is_turned_down_without_building(tmp
     sd = {f"model.{i}.conv.weight": torch.zeros(1) for i in range(4)}
     assert load.infer_builtin(sd) is None and not built
     assert load.infer_builtin({"fc.weight": torch.zeros(1)}) is None and not built
+    assert load.infer_builtin({"model." + "9" * 5000 + ".w": torch.zeros(1)}) is None and not built  # no int()
