@@ -11,8 +11,9 @@ from sw.intref.contract import ContractFormat
 
 @pytest.mark.slow
 def test_result_path_of_a_16_lane_pwlq_pe_is_proven(tmp_path):
-    # 4-bit PWLQ, 16 lanes, a 3x3x512 fan-in: the synthesised table's kind of PE (queue depth 26)
-    cfg = PEConfig.generic(ContractFormat(4, True, 8, 16, 5, 3 * 3 * 512), 16, "group", 4096)
+    # 4-bit PWLQ (no zero-point; breakpoints of up to F + k - 1 = 19 bits), 16 lanes, a 3x3x512 fan-in: the
+    # synthesised table's kind of PE
+    cfg = PEConfig.generic(ContractFormat(4, True, 8, 16, 0, 3 * 3 * 512, 19), 16, "group", 4096)
     results = prove_result_path(cfg, tmp_path)
     for r in results:
         assert r.passed, f"{r.name}:\n{r.log[-2000:]}"
