@@ -33,6 +33,10 @@ REFINE_STEPS = (0.01, 0.001)
 # Members scored per layer during the path of the search, when groups are large (a layer or a filter); the
 # path's winner is then compared with p = m and the approximated breakpoint on every member.
 SAMPLE_BUDGET = 1 << 16
+# Groups of at most this many members (channel-wise 3x3) have no sample to save their cost, so they take a
+# shorter refinement after the coarse stage: +- these steps, each kept if better (21 scorings instead of 45).
+SHORT_GROUP = 9
+PATTERN_STEPS = (0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 
 
 def approx_breakpoint(absmax: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -146,8 +150,10 @@ def _sample_columns(n: int, target: int) -> torch.Tensor | None:
     return torch.randperm(n, generator=g)[:target].sort().values
 
 
-def _coarse_to_fine(absw: torch.Tensor, absmax: torch.Tensor, bits: int, members: int) -> torch.Tensor:
-    """Best fraction p / m per group (shaped like ``absmax``) along the authors' coarse-to-fine path."""
+def _coarse_to_fine(absw: torch.Tensor, absmax: torch.Tensor, bits: int, members: int,
+                    short: bool = False) -> torch.Tensor:
+    """Best fraction p / m per group (shaped like ``absmax``) along the authors' coarse-to-fine path, or,
+    ``short``, the coarse stage then a pattern search down to 0.001 (:data:`PATTERN_STEPS`)."""
     scratch = Scratch(absw)
     best_err = best = None
     for f in COARSE_FRACTIONS:
@@ -158,9 +164,11 @@ def _coarse_to_fine(absw: torch.Tensor, absmax: torch.Tensor, bits: int, members
         else:
             better = err < best_err
             best, best_err = torch.where(better, frac, best), torch.where(better, err, best_err)
-    for step in REFINE_STEPS:
+    refinements = [(step, (-1, 1)) for step in PATTERN_STEPS] if short else \
+        [(step, (*range(-9, 0), *range(1, 10))) for step in REFINE_STEPS]
+    for step, offsets in refinements:
         centre = best.clone()
-        for i in (*range(-9, 0), *range(1, 10)):
+        for i in offsets:
             cand = (centre + i * step).clamp_(REFINE_STEPS[-1], 1.0)
             err = squared_error(absw, absmax, absmax * cand.to(absmax.dtype), bits, scratch, members)
             better = err < best_err
@@ -173,9 +181,11 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: 
     """Per-group breakpoint [G, 1] (float64) of least squared error, for all groups of a layer at once.
 
     The path: p / m in 0.1 .. 0.9, then +-0.01 .. 0.09 and +-0.001 .. 0.009 around the best so far (45
-    scorings; resolution 0.001 m), as in the authors' code. It is scored on every member, or, when the layer's
-    groups are large, on a fixed random sample of at least ``sample`` members per group (the same members in
-    every group; random so that every kernel position is represented). The path's winner, p = m and
+    scorings; resolution 0.001 m), as in the authors' code; groups of at most :data:`SHORT_GROUP` members
+    (channel-wise 3x3) take a shorter pattern search after the coarse stage (21 scorings, also to 0.001 m).
+    It is scored on every member, or, when the layer's groups are large, on a fixed random sample of at least
+    ``sample`` members per group (the same members in every group; random so that every kernel position is
+    represented). The path's winner, p = m and
     ``approx`` (default: :func:`approx_breakpoint`) are then scored on every member and the least error wins,
     so the result is never worse than full-range symmetric quantization nor than the approximated breakpoint.
     """
@@ -185,10 +195,11 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: 
         approx = approx_breakpoint(absmax, std)
     cols = _sample_columns(w.shape[1], max(sample, SAMPLE_BUDGET // w.shape[0]))
     sub = absw if cols is None else absw[:, cols]
+    short = w.shape[1] <= SHORT_GROUP
     if sub.shape[1] < sub.shape[0]:  # short groups: score members-first, so broadcasts run along long rows
-        frac = _coarse_to_fine(sub.t().contiguous(), absmax.t(), bits, members=0).t()
+        frac = _coarse_to_fine(sub.t().contiguous(), absmax.t(), bits, 0, short).t()
     else:
-        frac = _coarse_to_fine(sub, absmax, bits, members=1)
+        frac = _coarse_to_fine(sub, absmax, bits, 1, short)
     m = absmax.double()
     finalists = torch.cat([m * frac.double(), m, approx.double()], 1)
     if absw.shape[1] < absw.shape[0]:
