@@ -251,7 +251,7 @@ def _budget_plan(convs, spec: QuantSpec, fixed: dict[str, LayerResult], stats: d
         menu, options = [], []
         for bits in range(MIN_BITS, MAX_BITS + 1):
             for g in grans:
-                if g == "channel" and w.shape[2] * w.shape[3] == 1:  # one weight per group: never worth it
+                if g == "channel" and w.shape[2] * w.shape[3] == 1 and len(grans) > 1:  # as in a mix of 4
                     continue
                 r = _candidate(name, w, spec, bits, g)
                 out = stats[name].output_mse(r.weight - w)
