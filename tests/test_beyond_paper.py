@@ -160,7 +160,7 @@ def gptq_artifact(yolov5n_path, tmp_path_factory):
 
 @pytest.mark.slow
 def test_gptq_artifact_lowers_output_error_and_keeps_format(gptq_artifact, yolov5n):
-    from sw.quant.artifact import VERSION, load_quantized
+    from sw.checkpoint.artifact import VERSION, load_quantized
     from sw.quant.calibration import collect_input_stats
     from sw.quant.model import default_calib_dir, prepare
 
