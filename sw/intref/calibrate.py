@@ -55,6 +55,17 @@ def mse_clip(samples: torch.Tensor, lo: float, hi: float, bits: int) -> ActQuant
     return candidates[int(errors.argmin())]
 
 
+def calibration_batches(model: torch.nn.Module, paths: dict, sizes: dict, img_size: int, batch_size: int,
+                        desc: str, progress: bool):
+    """The calibration images (from :func:`calibration_images`) as float batches in [0, 1], letterboxed for
+    ``model``'s stride, decoded ahead of the model, with a progress bar: the one pass every calibration uses."""
+    stride = int(getattr(model, "stride", torch.tensor([32])).max())
+    batches = shape_batches(list(sizes.items()), img_size, stride, batch_size)
+    for batch, _ in tqdm(prefetch_batches(batches, paths, img_size, stride), total=len(batches),
+                         desc=desc, unit="batch", disable=not progress, leave=False):
+        yield batch.float() / 255.0
+
+
 class _Reached(Exception):
     """Ends a calibration forward pass once every ``stop_after`` layer has seen its input."""
 
@@ -97,13 +108,10 @@ def calibrate(model: torch.nn.Module, conv_names: list[str], folder: str | Path,
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in conv_names]
     try:
-        stride = int(getattr(model, "stride", torch.tensor([32])).max())
-        batches = shape_batches(list(sizes.items()), img_size, stride, batch_size)
-        for batch, _ in tqdm(prefetch_batches(batches, paths, img_size, stride), total=len(batches),
-                             desc="calibrate", unit="batch", disable=not progress, leave=False):
+        for batch in calibration_batches(model, paths, sizes, img_size, batch_size, "calibrate", progress):
             seen.clear()
             try:
-                model(batch.float() / 255.0)
+                model(batch)
             except _Reached:
                 pass
     finally:

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..errors import QuantizationError
-from ..eval.images import prefetch_batches, shape_batches
-from ..intref.calibrate import calibration_images
+from ..intref.calibrate import calibration_batches, calibration_images
 
 POSITIONS_PER_IMAGE = 2048   # im2col columns sampled per image and layer
 CALIB_IMG_SIZE = 640
@@ -81,11 +79,9 @@ def collect_input_stats(model: torch.nn.Module, conv_names: list[str], folder: s
 
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in conv_names]
     try:
-        stride = int(getattr(model, "stride", torch.tensor([32])).max())
-        batches = shape_batches(list(sizes.items()), img_size, stride, batch_size)
-        for batch, _ in tqdm(prefetch_batches(batches, paths, img_size, stride), total=len(batches),
-                             desc="calibration statistics", unit="batch", disable=not progress, leave=False):
-            model(batch.float() / 255.0)
+        for batch in calibration_batches(model, paths, sizes, img_size, batch_size, "calibration statistics",
+                                         progress):
+            model(batch)
     finally:
         for h in handles:
             h.remove()
