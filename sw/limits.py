@@ -8,7 +8,14 @@ gigabytes or run for minutes.
 
 from __future__ import annotations
 
+import math
+
 MiB = 1 << 20
+
+
+def is_finite_number(x) -> bool:
+    """An int or a finite float, not a bool: what every numeric field of an untrusted file must be."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 # Checkpoints (.pt) and quantized artifacts (.yqa): both are zips.
 MAX_FILE_BYTES = 2048 * MiB          # a checkpoint or artifact file on disk

@@ -28,6 +28,7 @@ import torch
 from .. import limits
 from ..atomic import atomic_path
 from ..errors import CheckpointError, ConfigError, YoloqError
+from ..intref.bounds import SCALE_RANGE
 from ..quant.accounting import fp16_storage, quantized_storage
 from ..quant.granularity import GROUP_AXES, num_groups
 from ..quant.model import LayerResult, QuantizedModel, QuantSpec
@@ -84,9 +85,6 @@ def save_quantized(qm: QuantizedModel, path: str | os.PathLike, source: str | No
                 zf.writestr(f"quant/{name}/breakpoint.npy", _npy(qt.breakpoint.numpy()))
 
 
-# Scales a record may carry: positive normal doubles well inside the contract's shift range (a subnormal
-# scale would need a shift of over 1000 bits to become an integer mantissa).
-_SCALE_RANGE = (2.0 ** -64, 2.0 ** 64)
 
 
 class _Reader:
@@ -157,7 +155,7 @@ def _read_record(r: _Reader, entry: dict) -> QuantizedTensor:
     if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
         raise CheckpointError(f"{r.source}: layer {name}: codes outside the {bits}-bit range")
     scale = r.array(f"quant/{name}/scale.npy", np.float64, (groups, regions))
-    if not torch.isfinite(scale).all() or (scale < _SCALE_RANGE[0]).any() or (scale > _SCALE_RANGE[1]).any():
+    if not torch.isfinite(scale).all() or (scale < SCALE_RANGE[0]).any() or (scale > SCALE_RANGE[1]).any():
         raise CheckpointError(f"{r.source}: layer {name}: scales must be finite, from 2^-64 to 2^64")
     zero_point = r.array(f"quant/{name}/zero_point.npy", np.int64, (groups, regions))
     _check_zero_points(r.source, name, method, bits, zero_point)

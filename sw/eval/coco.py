@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import sys
 import time
 from collections import deque
@@ -79,7 +78,7 @@ def _check_image(im) -> str | None:
 def _box(a) -> tuple[float, float, float, float] | None:
     bbox = a.get("bbox")
     if isinstance(bbox, list) and len(bbox) == 4 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+            limits.is_finite_number(v) for v in bbox):
         return tuple(float(v) for v in bbox)
     return None
 
@@ -142,8 +141,7 @@ def load_coco(root: str | Path, limit: int | None = None) -> CocoSubset:
             continue
         iscrowd = 1 if a.get("iscrowd") else 0
         area = a.get("area")
-        area = float(area) if isinstance(area, (int, float)) and not isinstance(area, bool) and math.isfinite(area) \
-            else box[2] * box[3]
+        area = float(area) if limits.is_finite_number(area) else box[2] * box[3]
         gt_anns.append({"id": len(gt_anns) + 1, "image_id": a["image_id"], "category_id": a["category_id"],
                         "bbox": list(box), "area": area, "iscrowd": iscrowd})
         x, y, w, h = box

@@ -10,3 +10,6 @@ ACT_BITS_RANGE = (2, 16)                  # A
 SCALE_BITS_RANGE = (2, 24)                # F
 DEFAULT_ACT_BITS = 8
 DEFAULT_SCALE_BITS = 16                   # also the storage accounting's width of a stored scale
+# Scales the contract turns into integer mantissas: positive normal doubles whose shift E stays far inside a
+# double's range (a subnormal scale would need E > 1000). Quantizer records and artifacts are checked against it.
+SCALE_RANGE = (2.0 ** -64, 2.0 ** 64)

@@ -71,8 +71,7 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+_is_real = limits.is_finite_number
 
 
 def _check_cfg(cfg: dict) -> None:

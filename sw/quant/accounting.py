@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..errors import QuantizationError
-from ..intref.bounds import DEFAULT_SCALE_BITS  # noqa: F401 (re-exported: the stored scale width, F)
+from ..intref.bounds import DEFAULT_SCALE_BITS, SCALE_RANGE  # noqa: F401 (DEFAULT_SCALE_BITS re-exported)
 from .record import QuantizedTensor
 
 FP16_BITS = 16
@@ -58,7 +58,7 @@ def zero_point_widths(qt: QuantizedTensor) -> list[int]:
 def scale_shift(scales: torch.Tensor, scale_bits: int) -> int:
     """Largest E such that round(s * 2^E) fits an unsigned ``scale_bits`` mantissa for every scale s."""
     s_max = float(scales.max())
-    if not (2.0 ** -64 <= s_max <= 2.0 ** 64):  # also keeps 2^E a finite double (a subnormal needs E > 1000)
+    if not (SCALE_RANGE[0] <= s_max <= SCALE_RANGE[1]):  # NaN fails too
         raise QuantizationError(f"scales must be finite, from 2^-64 to 2^64; the largest is {s_max}")
     e = scale_bits - math.floor(math.log2(s_max)) - 1
     while round(s_max * 2.0 ** (e + 1)) <= (1 << scale_bits) - 1:  # float log2 may be off by one

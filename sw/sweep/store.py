@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import SweepError
+from ..limits import is_finite_number
 
 OK, FAILED = "ok", "failed"
 METRICS = ("precision", "recall", "map50", "map50_95")   # numbers an ok record's "metrics" holds
@@ -28,7 +28,7 @@ QUANT = ("saving_paper", "saving_storage", "mse")        # numbers an ok record'
 
 
 def _number(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    return v is None or is_finite_number(v)
 
 
 def check_record(record, key: str) -> str | None:
