@@ -196,13 +196,15 @@ def test_pwlq_kernel_scores_equal_the_torch_scorer(members, bits):
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-12)
 
 
-def test_pwlq_search_without_the_kernel_finds_the_same_breakpoints(monkeypatch):
+def test_pwlq_search_without_the_kernel_finds_the_same_breakpoints():
     torch.manual_seed(1)
     w = torch.distributions.Laplace(0.0, 1.0).sample((64, 300))
     m = w.abs().amax(1, keepdim=True)
     with_kernel = pwlq.search_breakpoint(w, m, 4)
-    monkeypatch.setattr(pwlq_kernel, "_library", False)  # as when no C compiler works
-    assert pwlq_kernel.scores(w.abs(), m, m.double(), 4) is None
-    without = pwlq.search_breakpoint(w, m, 4)
+    had = pwlq_kernel.available()
+    with pwlq_kernel.disabled():  # as where no C compiler works
+        assert pwlq_kernel.scores(w.abs(), m, m.double(), 4) is None
+        without = pwlq.search_breakpoint(w, m, 4)
+    assert pwlq_kernel.available() == had  # restored
     e1, e2 = pwlq.squared_error(w.abs(), m, with_kernel, 4), pwlq.squared_error(w.abs(), m, without, 4)
     assert torch.allclose(e1, e2, rtol=1e-6, atol=0)

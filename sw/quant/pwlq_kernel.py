@@ -15,6 +15,7 @@ with ctypes. Where no compiler works, :func:`scores` returns None and the caller
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -145,6 +146,17 @@ def _kernel():
 
 def available() -> bool:
     return _kernel() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Score with torch inside this block, as where no compiler works (benchmarks' baseline, tests)."""
+    global _library
+    saved, _library = _library, False
+    try:
+        yield
+    finally:
+        _library = saved
 
 
 def scores(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int) -> torch.Tensor | None:
