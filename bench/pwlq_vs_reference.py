@@ -11,6 +11,7 @@ candidate scored on every weight, the first least error kept) or approximated, p
 it against a plain loop transcription on real layers.
 
     python bench/pwlq_vs_reference.py [--yolov7-every 8] [--json OUT.json] [--before BEFORE.json] [--md OUT.md]
+    python bench/pwlq_vs_reference.py --from OUT.json [--before BEFORE.json] --md OUT.md   # tables only
 
 writes the per-layer table of every conv of the real YOLOv5n (and a sample of generated YOLOv7 layers) with
 a summary; ``--before`` adds a column of yoloq's MSE from an earlier run's ``--json`` (another version of
@@ -144,10 +145,15 @@ def markdown(rows: list[dict], before: dict | None, command: str) -> str:
                 sel = [r for r in rows if (r["model"], r["mode"], r["bits"]) == (model, mode, bits)]
                 ratios = [r["yoloq"] / r["reference"] for r in sel if r["reference"] > 0]
                 worst = max(sel, key=lambda r: r["yoloq"] / r["reference"] if r["reference"] > 0 else 0)
-                summary.append([model, mode, bits, f"{sum(x > 1 + ROUNDING for x in ratios)}/{len(sel)}",
-                                f"{_geomean(ratios):.4f}", f"{max(ratios):.7f} ({worst['layer']})"])
-    out.append(table(["model", "mode", "k", "layers where yoloq is worse", "geo-mean ratio", "worst ratio"],
-                     summary))
+                line = [model, mode, bits, f"{sum(x > 1 + ROUNDING for x in ratios)}/{len(sel)}",
+                        f"{_geomean(ratios):.4f}", f"{max(ratios):.7f} ({worst['layer']})"]
+                if before:
+                    old = [before[f"{model}|{r['layer']}|{mode}|{bits}"] / r["reference"] for r in sel]
+                    line += [f"{sum(x > 1 + ROUNDING for x in old)}/{len(sel)}", f"{_geomean(old):.4f}",
+                             f"{max(old):.4f}"]
+                summary.append(line)
+    out.append(table(["model", "mode", "k", "layers where yoloq is worse", "geo-mean ratio", "worst ratio"]
+                     + (["before: worse", "before: geo-mean", "before: worst"] if before else []), summary))
     for model in dict.fromkeys(r["model"] for r in rows):
         for mode in MODES:
             for bits in BITS:
@@ -174,9 +180,15 @@ def main() -> None:
     ap.add_argument("--before", help="a --json file from another version of yoloq, shown as 'yoloq before'")
     ap.add_argument("--md", help="write the markdown table here")
     ap.add_argument("--yoloq-only", action="store_true", help="measure yoloq only (for a --before file)")
+    ap.add_argument("--from", dest="source", metavar="JSON", help="no measurement: tables from a --json file")
     args = ap.parse_args()
-    models = layers(args.yolov7_every) if args.yolov7_every else {k: v for k, v in layers(1).items() if "v5" in k}
-    rows = []
+    if args.source:
+        with open(args.source) as fh:
+            rows = json.load(fh)
+        models = {}
+    else:
+        models = layers(args.yolov7_every) if args.yolov7_every else {k: v for k, v in layers(1).items() if "v5" in k}
+        rows = []
     for model, convs in models.items():
         for name, w in convs.items():
             t0 = time.perf_counter()
