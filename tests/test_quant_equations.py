@@ -208,3 +208,24 @@ def test_pwlq_search_without_the_kernel_finds_the_same_breakpoints():
     assert pwlq_kernel.available() == had  # restored
     e1, e2 = pwlq.squared_error(w.abs(), m, with_kernel, 4), pwlq.squared_error(w.abs(), m, without, 4)
     assert torch.allclose(e1, e2, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_pwlq_kernel_rounds_and_dequantizes_as_torch(bits):
+    """The fused kernel's codes, region bits and float32 weights equal the torch functions' exactly, ties,
+    zeros, +-p and +-m included."""
+    if not pwlq_kernel.available():
+        pytest.skip("no C compiler: the torch functions are the only ones")
+    torch.manual_seed(bits)
+    w = torch.randn(40, 300) * torch.rand(40, 1)
+    m = w.abs().amax(1, keepdim=True)
+    p = (m.double() * torch.rand(40, 1, dtype=torch.float64)).clamp_min(1e-3)
+    p[0], p[1] = m[0].double(), 0.0  # p = m (one tail level), p = 0 (no centre)
+    w[:, :4] = torch.cat([p.float(), -p.float(), torch.zeros(40, 1), -m], 1)
+    s_c, s_t = pwlq.pwlq_params(m, p, bits)
+    w[:, 4] = (s_c * 2.5).float()[:, 0]  # a centre tie
+    codes, tail = pwlq_kernel.round_to_levels(w, m, p, bits)
+    ref_codes, ref_tail = pwlq.round_to_levels(w, s_c, s_t, p, bits)
+    assert torch.equal(tail, ref_tail) and torch.equal(codes.float(), ref_codes)
+    fast = pwlq_kernel.dequantize(codes, tail, s_c, s_t, p, bits)
+    assert torch.equal(fast, pwlq.dequantize(codes.float(), tail, s_c, s_t, p, bits).float())

@@ -70,13 +70,15 @@ def unpack_tail(code: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
-    """Codes (packed for tails, in w's float dtype), tail mask, and the group parameters (s_c, s_t, p).
+    """Codes (packed for tails; int8 from the compiled kernel, else in w's float dtype), tail mask, and the group
+    parameters (s_c, s_t, p).
 
     ``w`` is [G, N]; ``absmax`` and ``p`` are [G, 1]. ``p`` is returned as float64 [G, 1].
     """
     p = p.double().minimum(absmax.double())
     s_c, s_t = pwlq_params(absmax, p, bits)
-    codes, tail = round_to_levels(w, s_c, s_t, p, bits)
+    fused = pwlq_kernel.round_to_levels(w, absmax, p, bits)
+    codes, tail = fused if fused is not None else round_to_levels(w, s_c, s_t, p, bits)
     return codes, tail, s_c, s_t, p
 
 

@@ -1,12 +1,13 @@
-"""The PWLQ breakpoint search's scorer, compiled: the squared error of C candidate breakpoints for each of G
-groups, every member of every group scored.
+"""PWLQ's inner loops, compiled: the breakpoint search's scorer (the squared error of C candidate breakpoints
+for each of G groups, every member of every group scored), and rounding to codes and back, fused.
 
 Why compiled: the search scores 50-80 candidates per group on every weight (36.9M in YOLOv7). As torch ops
 each candidate costs about ten passes over memory; here each group's members are read once into cache and
 every candidate is scored in one fused, vectorised loop. The arithmetic is :func:`sw.quant.pwlq.squared_error`'s,
 operation for operation (steps in double, rounded to float; then float division, round half to even, no fused
 multiply-add), so the two agree on every member's error; only the order of the final sums differs (float32
-blocks of 4096 added in float64).
+blocks of 4096 added in float64). :func:`round_to_levels` and :func:`dequantize` give exactly what their torch
+namesakes in :mod:`sw.quant.pwlq` give (tests compare them), in one pass instead of ten.
 
 The C source is built on first use with the system C compiler (``$CC``, else ``cc``) into the user's cache
 (``$XDG_CACHE_HOME/yoloq``, else ``~/.cache/yoloq``), keyed by the source, the flags and the CPU, and loaded
@@ -88,6 +89,52 @@ void pwlq_scores(const float *x, int64_t n_members, const double *m, const doubl
         }
     }
 }
+
+/* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w [G, N]
+   on each group's grid (steps as pwlq_params's, rounded to float). Rows g0..g1-1, members n0..n1-1. */
+void pwlq_round(const float *w, int64_t n_members, const double *m, const double *p, int bits, int8_t *codes,
+                uint8_t *region, int64_t g0, int64_t g1, int64_t n0, int64_t n1) {
+    const double centre_levels = (double)((1 << bits) - 1), tail_steps = (double)((1 << (bits - 1)) - 1);
+    const float top = (float)((1 << (bits - 1)) - 1);
+    const int half = 1 << (bits - 1);
+    for (int64_t g = g0; g < g1; ++g) {
+        const double M = m[g], pd = p[g] < M ? p[g] : M;
+        const double scd = 2 * pd / centre_levels, std = (M - pd) / tail_steps;
+        const float P = (float)pd, Sc = scd > 0 ? (float)scd : 1.0f, St = std > 0 ? (float)std : 1.0f;
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t i = g * n_members + n;
+            const float v = w[i], a = fabsf(v);
+            const int tail = a >= P;
+            float centre = nearbyintf(a / Sc);
+            centre = centre > top ? top : centre;
+            float j = nearbyintf((a - P) / St);
+            j = j < 0.0f ? 0.0f : (j > top ? top : j);
+            int code;
+            if (tail) code = v < 0 ? (int)j - half : (int)j;
+            else code = v < 0 ? -(int)centre : (int)centre;
+            codes[i] = (int8_t)code;
+            region[i] = (uint8_t)tail;
+        }
+    }
+}
+
+/* sw.quant.pwlq.dequantize, fused: centre s_c q, tail sgn (p + j s_t), in double, rounded once to float. */
+void pwlq_dequantize(const int8_t *codes, const uint8_t *region, int64_t n_members, const double *sc,
+                     const double *st, const double *p, int bits, float *out, int64_t g0, int64_t g1, int64_t n0,
+                     int64_t n1) {
+    const int half = 1 << (bits - 1);
+    for (int64_t g = g0; g < g1; ++g) {
+        const double Sc = sc[g], St = st[g], P = p[g];
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t i = g * n_members + n;
+            const int c = codes[i];
+            double magnitude;
+            if (region[i]) magnitude = (double)(c < 0 ? c + half : c) * St + P;
+            else magnitude = (double)(c < 0 ? -c : c) * Sc;
+            out[i] = (float)(c < 0 ? -magnitude : magnitude);
+        }
+    }
+}
 """
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
          "-shared", "-fPIC"]
@@ -126,6 +173,10 @@ def _build() -> ctypes.CDLL | None:
                 return None
             os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
     library = ctypes.CDLL(str(target))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.pwlq_round.restype = library.pwlq_dequantize.restype = None
+    library.pwlq_round.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64]
+    library.pwlq_dequantize.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64]
     library.pwlq_scores.restype = None
     library.pwlq_scores.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                     ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
@@ -159,29 +210,65 @@ def disabled():
         _library = saved
 
 
+def _run(function, args: tuple, groups: int, second: int) -> None:
+    """``function(*args, lo, hi, lo2, hi2)`` over [groups, second] in disjoint ranges, one per torch thread:
+    ranges of groups, or, with fewer groups than threads, of the second axis."""
+    global _pool
+    threads = max(1, torch.get_num_threads())
+    if groups >= threads:
+        cuts = [(groups * i // threads, groups * (i + 1) // threads, 0, second) for i in range(threads)]
+    else:
+        cuts = [(0, groups, second * i // threads, second * (i + 1) // threads) for i in range(threads)]
+    if threads == 1:
+        function(*args, *cuts[0])
+        return
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(threads)
+    for job in [_pool.submit(function, *args, *cut) for cut in cuts]:
+        job.result()
+
+
 def scores(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int) -> torch.Tensor | None:
     """Squared error [G, C] (float64) of ``absw`` [G, N] (float32 |w|) at C candidate breakpoints ``p`` [G, C]
     per group (float64, clipped to ``absmax`` [G, 1]); None where the kernel cannot be built."""
     library = _kernel()
     if library is None:
         return None
-    global _pool
     absw = absw.float().contiguous()
     m, p = absmax.double().contiguous(), p.double().contiguous()
     groups, members = absw.shape
-    cand = p.shape[1]
-    out = torch.empty(groups, cand, dtype=torch.float64)
-    threads = max(1, torch.get_num_threads())
-    if groups >= threads:   # disjoint ranges of groups, else of candidates (one group: layer-wise)
-        cuts = [(groups * i // threads, groups * (i + 1) // threads, 0, cand) for i in range(threads)]
-    else:
-        cuts = [(0, groups, cand * i // threads, cand * (i + 1) // threads) for i in range(threads)]
-    args = (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), cand, bits, out.data_ptr())
-    if threads == 1:
-        library.pwlq_scores(*args, *cuts[0])
-    else:
-        if _pool is None or _pool._max_workers != threads:
-            _pool = ThreadPoolExecutor(threads)
-        for job in [_pool.submit(library.pwlq_scores, *args, *cut) for cut in cuts]:
-            job.result()
+    out = torch.empty(groups, p.shape[1], dtype=torch.float64)
+    _run(library.pwlq_scores, (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), p.shape[1], bits,
+                               out.data_ptr()), groups, p.shape[1])
+    return out
+
+
+def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
+    """(int8 codes, bool tail mask) of float32 ``w`` [G, N] as :func:`sw.quant.pwlq.round_to_levels` gives them
+    for the parameters of ``absmax`` and ``p`` ([G, 1], float64); None without the kernel."""
+    library = _kernel()
+    if library is None or w.dtype != torch.float32:
+        return None
+    w = w.contiguous()
+    m, p = absmax.double().contiguous(), p.double().contiguous()
+    codes = torch.empty(w.shape, dtype=torch.int8)
+    tail = torch.empty(w.shape, dtype=torch.bool)
+    _run(library.pwlq_round, (w.data_ptr(), w.shape[1], m.data_ptr(), p.data_ptr(), bits, codes.data_ptr(),
+                              tail.data_ptr()), w.shape[0], w.shape[1])
+    return codes, tail
+
+
+def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor,
+               bits: int) -> torch.Tensor | None:
+    """Float32 weights [G, N] from int8 ``codes`` and the ``tail`` mask, as :func:`sw.quant.pwlq.dequantize`
+    gives them rounded to float32; None without the kernel."""
+    library = _kernel()
+    if library is None or codes.dtype != torch.int8:
+        return None
+    codes, tail = codes.contiguous(), tail.contiguous()
+    s_c, s_t, p = (t.double().contiguous() for t in (s_c, s_t, p))
+    out = torch.empty(codes.shape, dtype=torch.float32)
+    _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), codes.shape[1], s_c.data_ptr(),
+                                   s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()), codes.shape[0],
+         codes.shape[1])
     return out
