@@ -200,7 +200,7 @@ def test_report_lists_the_changes_against_a_previous_results_csv(tmp_path):
     for r in old:
         if r["key"] == "pwlq-4b-cshape":
             r["map50"], r["mse"] = r["map50"] - 0.012, 2.5e-5
-    old.append({**old[-1], "key": "pwlq-9b-retired"})                 # no longer run
+    old.append({**old[-1], "key": "pwlq-9b-retired"})                 # not in these results
     previous.write_text(report.format_csv(old))
     settings = {"weights_name": "m.pt", "weights_sha256": "f" * 64, "images": 3, "coco_name": "coco", "eval": EVAL}
     md = report.report_markdown(rows, settings, previous=report.read_previous(previous))
@@ -209,7 +209,7 @@ def test_report_lists_the_changes_against_a_previous_results_csv(tmp_path):
     line = next(x for x in section.splitlines() if x.startswith("| pwlq-4b-cshape |"))
     assert line.startswith(f"| pwlq-4b-cshape | {now['map50'] - 0.012:.3f} | {now['map50']:.3f} | +0.012 |")
     assert "| 2.5e-05 |" in line
-    assert "New configurations: affine-4b-filter." in section and "No longer run: pwlq-9b-retired." in section
+    assert "New configurations: affine-4b-filter." in section and "Not in these results: pwlq-9b-retired." in section
     assert "## Changes since" not in report.report_markdown(rows, settings)  # only when asked
     with pytest.raises(DataNotFoundError, match="--previous: file not found"):
         report.read_previous(tmp_path / "missing.csv")

@@ -327,7 +327,7 @@ def changes_section(rows: list[dict], previous: list[dict] | None) -> str:
     if new:
         text += f"\nNew configurations: {', '.join(new)}.\n"
     if gone:
-        text += f"\nNo longer run: {', '.join(gone)}.\n"
+        text += f"\nNot in these results: {', '.join(gone)}.\n"
     return text
 
 
