@@ -38,6 +38,9 @@ FINE_WINDOWS = 3
 # Groups of at most this many members (channel-wise 3x3, where most of a model's weights then sit) refine around
 # the best point only, the authors' own path (45 scorings instead of 81).
 SHORT_GROUP = 9
+# Members searched at a time: the search's per-candidate arrays of that many groups then stay in cache (channel-
+# wise layers hold up to half a million 9-weight groups).
+CHUNK_MEMBERS = 1 << 18
 
 
 def approx_breakpoint(absmax: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -170,10 +173,16 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int,
     :func:`approx_breakpoint`) are scored too, and the least error of all wins, so the result is never worse
     than either, and never worse than the authors' own search (a subset of this one's candidates).
     """
-    absw = w.abs().float().contiguous()
     if approx is None:
         std = w.std(1, keepdim=True) if w.shape[1] > 1 else torch.full_like(absmax, float("nan"))
         approx = approx_breakpoint(absmax, std)
+    rows = max(1, CHUNK_MEMBERS // w.shape[1])   # groups are independent: search them in cache-sized chunks
+    return torch.cat([_search_rows(w[i:i + rows], absmax[i:i + rows], bits, approx[i:i + rows])
+                      for i in range(0, w.shape[0], rows)])
+
+
+def _search_rows(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: torch.Tensor) -> torch.Tensor:
+    absw = w.abs().float().contiguous()
     m = absmax.double()
     best = best_err = None
 
