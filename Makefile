@@ -55,8 +55,14 @@ clean:
 PAPER_WORK := out/paper/yolov5n-coco206
 PAPER_DOCS := docs/results/yolov5n-coco206
 
+# report.md lists what changed against the results.csv of the last commit (kept in out/paper/ when the sweep
+# first starts, so a resumed sweep compares with the same one).
+PAPER_PREVIOUS := out/paper/previous-results.csv
+
 paper:
-	$(BIN)/yoloq sweep --weights $(YOLOQ_DATA)/yolov5n/yolov5n.pt --coco $(YOLOQ_DATA)/coco --preset all -o $(PAPER_WORK)
+	@mkdir -p out/paper; [ -f $(PAPER_PREVIOUS) ] || git show HEAD:$(PAPER_DOCS)/results.csv > $(PAPER_PREVIOUS) 2>/dev/null || rm -f $(PAPER_PREVIOUS)
+	prev=""; [ -f $(PAPER_PREVIOUS) ] && prev="--previous $(PAPER_PREVIOUS)"; \
+	$(BIN)/yoloq sweep --weights $(YOLOQ_DATA)/yolov5n/yolov5n.pt --coco $(YOLOQ_DATA)/coco --preset all -o $(PAPER_WORK) $$prev
 	mkdir -p $(PAPER_DOCS)
 	rm -f $(PAPER_DOCS)/*.png
 	cp $(PAPER_WORK)/report.md $(PAPER_WORK)/results.csv $(PAPER_WORK)/*.png $(PAPER_DOCS)/

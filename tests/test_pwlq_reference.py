@@ -9,6 +9,8 @@ steps around the best so far, each candidate scored on every weight of the group
 p / sigma = ln(0.86143114 m / sigma + 0.607901097496529) with the unbiased sigma.
 
 yoloq must reach an MSE no larger on real YOLOv5n layers, per output filter, at k = 3, 4, 6, in both modes.
+This is a representative subset; bench/pwlq_vs_reference.py measures every layer of YOLOv5n and a sample of
+generated YOLOv7 layers (docs/results/pwlq-vs-reference.md) with a vectorised transcription of this reference.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.pwlq_vs_reference import reference_approx as vectorised_approx
+from bench.pwlq_vs_reference import reference_search as vectorised_search
 from sw.models import to_deploy
 from sw.quant.quantizer import quantize_tensor
 from sw.quant.record import dequantize
@@ -101,3 +105,16 @@ def test_yoloq_pwlq_is_no_worse_than_the_authors(layers, bits, mode):
         ours = float((dequantize(qt, torch.float64) - w.double()).square().sum())
         # equal or better; the 1e-6 allows only float32-vs-float64 rounding of the same choices
         assert ours <= ref * (1 + 1e-6), f"{name} k={bits} {mode}: yoloq {ours:.6g} > reference {ref:.6g}"
+
+
+@pytest.mark.parametrize("bits", [3, 4, 6])
+def test_the_benchmarks_vectorised_reference_is_this_one(layers, bits):
+    """bench/pwlq_vs_reference.py compares every layer with a vectorised transcription of the same reference
+    (docs/results/pwlq-vs-reference.md); on the first filters of each test layer it must give these errors."""
+    for name, w in layers.items():
+        rows = w.double().reshape(w.shape[0], -1)[:4]
+        groups = rows.tolist()
+        assert vectorised_search(rows.numpy(), bits)[:, 0].tolist() == pytest.approx(
+            [reference_search(g, bits) for g in groups], rel=1e-12), name
+        assert vectorised_approx(rows.numpy(), bits)[:, 0].tolist() == pytest.approx(
+            [reference_approx(g, bits) for g in groups], rel=1e-12), name

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sw.quant import pwlq
+from sw.quant import pwlq, pwlq_kernel
 from sw.quant.granularity import from_groups, group_index, num_groups, to_groups
 from sw.quant.quantizer import quantize_tensor
 from sw.quant.record import dequantize
@@ -138,15 +138,16 @@ def _exhaustive(absw, m, bits):
 @pytest.mark.parametrize("dist", [torch.distributions.Laplace(0.0, 1.0), torch.distributions.Normal(0.0, 1.0),
                                   torch.distributions.StudentT(4.0)])
 def test_pwlq_search_within_a_thousandth_of_exhaustive(dist, bits):
-    """Filter-sized groups (1152 = 128 x 3 x 3 members). At k = 6 the error is jagged at the 0.001 m scale and
-    the authors' coarse-to-fine path ends 0.4-0.6% above the exhaustive scan; at k = 3, 4 within 0.1%."""
+    """Filter-sized groups (1152 = 128 x 3 x 3 members). At k = 6 the error is jagged at the 0.01 m scale: the
+    authors' path (refining around one point) ends 0.3-0.5% above the exhaustive scan here; yoloq's refines
+    around three and must come within 0.1% at every k."""
     torch.manual_seed(bits)
     w = dist.sample((16, 1152))
     m = w.abs().amax(1, keepdim=True)
     p = pwlq.search_breakpoint(w, m, bits)
     got = pwlq.squared_error(w.abs(), m, p, bits)
     brute = _exhaustive(w.abs(), m, bits)
-    assert got.sum() <= brute.sum() * (1.001 if bits < 6 else 1.01)  # vs the exhaustive 0.001 m scan
+    assert got.sum() <= brute.sum() * 1.001  # vs the exhaustive 0.001 m scan
     approx = pwlq.squared_error(w.abs(), m, pwlq.approx_breakpoint(m, w.std(1, keepdim=True)), bits)
     sym = pwlq.squared_error(w.abs(), m, m, bits)
     assert (got <= approx * (1 + 1e-6)).all() and (got <= sym * (1 + 1e-6)).all()  # every group
@@ -176,3 +177,55 @@ def test_fshape_and_cshape_members():
 def test_one_by_one_conv_channel_groups_are_single_weights():
     w = torch.randn(8, 4, 1, 1)
     assert to_groups(w, "channel").shape == (32, 1)
+
+
+@pytest.mark.parametrize("members", [1, 9, 15, 16, 1152, 5000])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pwlq_kernel_scores_equal_the_torch_scorer(members, bits):
+    """The compiled scorer (rows vectorised along members, or along candidates below 16) computes
+    squared_error's per-member errors; only the order of summation differs."""
+    if not pwlq_kernel.available():
+        pytest.skip("no C compiler: the torch scorer is the only one")
+    torch.manual_seed(members + bits)
+    w = torch.randn(37, members) * torch.rand(37, 1)
+    absw, m = w.abs(), w.abs().amax(1, keepdim=True)
+    p = m.double() * torch.cat([torch.rand(37, 70, dtype=torch.float64), torch.ones(37, 1, dtype=torch.float64),
+                                torch.full((37, 1), 1.5, dtype=torch.float64)], 1)  # above m counts as m
+    fast = pwlq_kernel.scores(absw, m, p, bits)
+    slow = torch.cat([pwlq.squared_error(absw, m, p[:, i:i + 1].minimum(m.double()), bits) for i in range(72)], 1)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-12)
+
+
+def test_pwlq_search_without_the_kernel_finds_the_same_breakpoints():
+    torch.manual_seed(1)
+    w = torch.distributions.Laplace(0.0, 1.0).sample((64, 300))
+    m = w.abs().amax(1, keepdim=True)
+    with_kernel = pwlq.search_breakpoint(w, m, 4)
+    had = pwlq_kernel.available()
+    with pwlq_kernel.disabled():  # as where no C compiler works
+        assert pwlq_kernel.scores(w.abs(), m, m.double(), 4) is None
+        without = pwlq.search_breakpoint(w, m, 4)
+    assert pwlq_kernel.available() == had  # restored
+    e1, e2 = pwlq.squared_error(w.abs(), m, with_kernel, 4), pwlq.squared_error(w.abs(), m, without, 4)
+    assert torch.allclose(e1, e2, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_pwlq_kernel_rounds_and_dequantizes_as_torch(bits):
+    """The fused kernel's codes, region bits and float32 weights equal the torch functions' exactly, ties,
+    zeros, +-p and +-m included."""
+    if not pwlq_kernel.available():
+        pytest.skip("no C compiler: the torch functions are the only ones")
+    torch.manual_seed(bits)
+    w = torch.randn(40, 300) * torch.rand(40, 1)
+    m = w.abs().amax(1, keepdim=True)
+    p = (m.double() * torch.rand(40, 1, dtype=torch.float64)).clamp_min(1e-3)
+    p[0], p[1] = m[0].double(), 0.0  # p = m (one tail level), p = 0 (no centre)
+    w[:, :4] = torch.cat([p.float(), -p.float(), torch.zeros(40, 1), -m], 1)
+    s_c, s_t = pwlq.pwlq_params(m, p, bits)
+    w[:, 4] = (s_c * 2.5).float()[:, 0]  # a centre tie
+    codes, tail = pwlq_kernel.round_to_levels(w, m, p, bits)
+    ref_codes, ref_tail = pwlq.round_to_levels(w, s_c, s_t, p, bits)
+    assert torch.equal(tail, ref_tail) and torch.equal(codes.float(), ref_codes)
+    fast = pwlq_kernel.dequantize(codes, tail, s_c, s_t, p, bits)
+    assert torch.equal(fast, pwlq.dequantize(codes.float(), tail, s_c, s_t, p, bits).float())

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from sw.cli import main
-from sw.errors import SweepError
+from sw.errors import DataNotFoundError, SweepError
 from sw.sweep import analysis, paper, report
 from sw.sweep.plan import BASELINE, Config, parse_bits, plan
 from sw.sweep.store import FAILED, OK, ResultStore
@@ -191,6 +191,31 @@ def test_beyond_rows_stay_out_of_the_papers_tables_and_get_their_own():
     assert "| PWLQ | gptq | yes | 0.700 |" in section
     assert "| PWLQ | nearest | no | 0.650 | 0.325 | 5.00 | +0.00 |" in section
     assert "| PWLQ | nearest | yes | 0.700 | 0.350 | 0.00 | +5.00 |" in section
+
+
+def test_report_lists_the_changes_against_a_previous_results_csv(tmp_path):
+    rows, _ = _rows()
+    previous = tmp_path / "results.csv"
+    old = [dict(r) for r in rows if r["key"] != "affine-4b-filter"]   # not run before: listed as new
+    for r in old:
+        if r["key"] == "pwlq-4b-cshape":
+            r["map50"], r["mse"] = r["map50"] - 0.012, 2.5e-5
+    old.append({**old[-1], "key": "pwlq-9b-retired"})                 # not in these results
+    previous.write_text(report.format_csv(old))
+    settings = {"weights_name": "m.pt", "weights_sha256": "f" * 64, "images": 3, "coco_name": "coco", "eval": EVAL}
+    md = report.report_markdown(rows, settings, previous=report.read_previous(previous))
+    section = md.split("## Changes since the previous results")[1].split("\n## ")[0]
+    now = analysis.find(rows, "pwlq", 4, "cshape")
+    line = next(x for x in section.splitlines() if x.startswith("| pwlq-4b-cshape |"))
+    assert line.startswith(f"| pwlq-4b-cshape | {now['map50'] - 0.012:.3f} | {now['map50']:.3f} | +0.012 |")
+    assert "| 2.5e-05 |" in line
+    assert "New configurations: affine-4b-filter." in section and "Not in these results: pwlq-9b-retired." in section
+    assert "## Changes since" not in report.report_markdown(rows, settings)  # only when asked
+    with pytest.raises(DataNotFoundError, match="--previous: file not found"):
+        report.read_previous(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SweepError, match="not a results.csv"):
+        report.read_previous(tmp_path / "bad.csv")
 
 
 # ---------------------------------------------------------------- real sweeps (yolov5n, a few COCO images)

@@ -50,6 +50,9 @@ def add_parser(sub) -> None:
                    help="ray: GPUs each configuration asks for (default 1 if the cluster has GPUs, else 0). "
                         "Evaluation uses a GPU whenever the worker sees one")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--previous", metavar="CSV",
+                   help="an earlier results.csv (e.g. the checked-in one): report.md then lists per configuration "
+                        "what changed against it (mAP@.5, saving, weight MSE)")
     add_eval_args(p)
     add_data_arg(p)
     p.set_defaults(run=run)
@@ -65,7 +68,7 @@ def run(args) -> int:
     result = run_study(configs, args.weights, coco_root(args), args.output, eval_kwargs=eval_kwargs(args),
                        limit=args.limit, cfg=args.cfg, executor=args.executor, workers=workers,
                        ray_address=args.ray_address, gpus_per_config=args.gpus_per_config,
-                       progress=not args.quiet)
+                       progress=not args.quiet, previous=args.previous)
     ok = len(result.rows) - len(result.failed)
     print(f"{len(result.rows)} configurations: {ok} ok, {len(result.failed)} failed "
           f"({result.computed} run now, {result.reused} reused); {result.wall_seconds:.0f} s")

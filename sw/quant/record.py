@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import pwlq
+from . import pwlq, pwlq_kernel
 from .granularity import from_groups, to_groups
 
 from .names import METHODS  # noqa: F401 (re-exported: defined without torch for the CLI)
@@ -50,7 +50,10 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch
         codes = to_groups(qt.codes, qt.granularity).double()
         w = codes.sub_(qt.zero_point).mul_(qt.scale)  # s (q - z) in float64, rounded once below
     else:
-        codes = to_groups(qt.codes, qt.granularity).float()  # small integers: exact in float32
-        tail = to_groups(qt.region, qt.granularity)
-        w = pwlq.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits)
+        codes, tail = to_groups(qt.codes, qt.granularity), to_groups(qt.region, qt.granularity)
+        fused = pwlq_kernel.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits) \
+            if dtype == torch.float32 else None
+        if fused is not None:
+            return from_groups(fused, qt.shape, qt.granularity)
+        w = pwlq.dequantize(codes.float(), tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits)
     return from_groups(w.to(dtype), qt.shape, qt.granularity)

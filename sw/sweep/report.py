@@ -281,6 +281,56 @@ def failures_section(rows: list[dict]) -> str:
             + _table(["key", "status", "error"], ["---", "---", "---"], body))
 
 
+def read_previous(path: str | Path) -> list[dict]:
+    """Rows of an earlier ``results.csv`` (numbers as floats), for :func:`changes_section`."""
+    from ..errors import DataNotFoundError, SweepError
+
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        raise DataNotFoundError(f"--previous: file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise SweepError(f"--previous {path}: not a readable results.csv ({type(e).__name__})") from None
+    if not rows or "key" not in rows[0] or "map50" not in rows[0]:
+        raise SweepError(f"--previous {path}: not a results.csv (no key and map50 columns)")
+
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+    return [{**r, **{f: number(r.get(f)) for f in ("map50", "saving_paper", "mse")}} for r in rows]
+
+
+def changes_section(rows: list[dict], previous: list[dict] | None) -> str:
+    """What changed against an earlier results.csv: mAP@.5, saving and weight MSE per configuration."""
+    if previous is None:
+        return ""
+    old = {r["key"]: r for r in previous}
+    body = []
+    for r in rows:
+        before = old.get(r["key"])
+        if r["status"] != OK or before is None or before.get("map50") is None:
+            continue
+        delta = r["map50"] - before["map50"]
+        body.append([r["key"], fmt(before["map50"]), fmt(r["map50"]), f"{delta:+.3f}", _x(before["saving_paper"]),
+                     _x(r["saving_paper"]), fmt(before["mse"], ".4g"), fmt(r["mse"], ".4g")])
+    keys = {r["key"] for r in rows}
+    new = sorted(keys - set(old))
+    gone = sorted(set(old) - keys)
+    text = ("## Changes since the previous results\n\nAgainst the `results.csv` these results replace "
+            "(`--previous`), per configuration in both: mAP@.5, memory saving (paper's count) and weight MSE.\n\n")
+    text += _table(["configuration", "mAP@.5 before", "mAP@.5 now", "change", "saving before", "saving now",
+                    "MSE before", "MSE now"], ["---"] + ["---:"] * 7, body) if body else "No configuration in common.\n"
+    if new:
+        text += f"\nNew configurations: {', '.join(new)}.\n"
+    if gone:
+        text += f"\nNot in these results: {', '.join(gone)}.\n"
+    return text
+
+
 def header(settings: dict) -> str:
     ev = settings.get("eval", {})
     return (f"# Quantization sweep: `{settings['weights_name']}` on {settings['images']} COCO images\n\n"
@@ -300,9 +350,10 @@ def header(settings: dict) -> str:
 
 
 def report_markdown(rows: list[dict], settings: dict, layer_table: dict | None = None,
-                    plots: dict[str, str] | None = None) -> str:
+                    plots: dict[str, str] | None = None, previous: list[dict] | None = None) -> str:
     plots = plots or {}
-    sections = [header(settings), baseline_section(rows), table1_section(rows), table2_section(rows),
+    sections = [header(settings), changes_section(rows, previous), baseline_section(rows), table1_section(rows),
+                table2_section(rows),
                 beyond_section(rows), fig4_section(rows, plots.get("fig4")), equal_storage_section(rows, plots.get("equal_storage")),
                 pareto_section(rows, plots.get("pareto")), layers_section(layer_table, plots.get("layer_sqnr")),
                 failures_section(rows), all_rows_section(rows)]
@@ -310,9 +361,9 @@ def report_markdown(rows: list[dict], settings: dict, layer_table: dict | None =
 
 
 def write_outputs(root: str | Path, rows: list[dict], records: dict, settings: dict, layer_table: dict | None,
-                  plots: dict[str, str], wall_seconds: float | None) -> None:
+                  plots: dict[str, str], wall_seconds: float | None, previous: list[dict] | None = None) -> None:
     """results.csv, results.json and report.md under ``root`` (plots already written, named relative to it)."""
     root = Path(root)
     write_text(root / "results.csv", format_csv(rows))
     write_json(root / "results.json", results_json(rows, records, settings, wall_seconds))
-    write_text(root / "report.md", report_markdown(rows, settings, layer_table, plots))
+    write_text(root / "report.md", report_markdown(rows, settings, layer_table, plots, previous))

@@ -15,7 +15,7 @@ from .analysis import flat_rows
 from .layers import cached_layer_sqnr
 from .plan import Config
 from .plots import write_plots
-from .report import write_outputs
+from .report import read_previous, write_outputs
 from .runner import Job, make_executor, run_sweep, sigterm_as_interrupt, threads_per_worker, usable_cpus
 from .store import OK, ResultStore, file_sha256, ids_sha256
 
@@ -56,8 +56,10 @@ def eval_settings(eval_kwargs: dict | None) -> dict:
 def run_study(configs: list[Config], weights: str | Path, coco_root: str | Path, out: str | Path, *,
               eval_kwargs: dict | None = None, limit: int | None = None, cfg: str | None = None,
               executor: str = "local", workers: int = 1, ray_address: str | None = None,
-              gpus_per_config: float | None = None, progress: bool = True, log=print) -> StudyResult:
-    """Run ``configs`` into the results folder ``out`` (resuming it) and write results, report and plots."""
+              gpus_per_config: float | None = None, progress: bool = True, log=print,
+              previous: str | Path | None = None) -> StudyResult:
+    """Run ``configs`` into the results folder ``out`` (resuming it) and write results, report and plots;
+    ``previous``: an earlier results.csv, whose differences the report lists."""
     from ..checkpoint import load_model
     from ..eval.coco import load_coco
 
@@ -65,6 +67,7 @@ def run_study(configs: list[Config], weights: str | Path, coco_root: str | Path,
     weights = Path(weights)
     if not weights.is_file():
         raise DataNotFoundError(f"--weights: checkpoint not found: {weights}")
+    earlier = read_previous(previous) if previous is not None else None   # fails early on a bad file
     coco = load_coco(coco_root, limit=limit)           # fails early, naming a missing COCO root
     model = load_model(weights, cfg=cfg).model          # fails early on a bad checkpoint
     threads = threads_per_worker(workers)
@@ -90,7 +93,7 @@ def run_study(configs: list[Config], weights: str | Path, coco_root: str | Path,
     rows = flat_rows(configs, records)
     plots = write_plots(out, rows, layer_table)
     wall = time.perf_counter() - t0
-    write_outputs(out, rows, records, settings, layer_table, plots, round(wall, 1))
+    write_outputs(out, rows, records, settings, layer_table, plots, round(wall, 1), earlier)
     return StudyResult(rows, reused, pending, wall, plots)
 
 

@@ -1,0 +1,274 @@
+"""PWLQ's inner loops, compiled: the breakpoint search's scorer (the squared error of C candidate breakpoints
+for each of G groups, every member of every group scored), and rounding to codes and back, fused.
+
+Why compiled: the search scores 50-80 candidates per group on every weight (36.9M in YOLOv7). As torch ops
+each candidate costs about ten passes over memory; here each group's members are read once into cache and
+every candidate is scored in one fused, vectorised loop. The arithmetic is :func:`sw.quant.pwlq.squared_error`'s,
+operation for operation (steps in double, rounded to float; then float division, round half to even, no fused
+multiply-add), so the two agree on every member's error; only the order of the final sums differs (float32
+blocks of 4096 added in float64). :func:`round_to_levels` and :func:`dequantize` give exactly what their torch
+namesakes in :mod:`sw.quant.pwlq` give (tests compare them), in one pass instead of ten.
+
+The C source is built on first use with the system C compiler (``$CC``, else ``cc``) into the user's cache
+(``$XDG_CACHE_HOME/yoloq``, else ``~/.cache/yoloq``), keyed by the source, the flags and the CPU, and loaded
+with ctypes. Where no compiler works, :func:`scores` returns None and the caller uses the torch scorer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = r"""
+#include <math.h>
+#include <stdint.h>
+
+/* out[g, c] = sum over n of e^2, e = d - s * nearbyint(d / s): the centre (|w| < p) has d = |w|, s = s_c;
+   the tail has d = |w| - p, s = s_t. The steps are sw.quant.pwlq.pwlq_params's, in double, then rounded to
+   float as squared_error does. x: [G, N] row-major |w|; m: [G]; p, out: [G, C]. Rows g0..g1-1 and candidates
+   c0..c1-1 only (threads take disjoint ranges). Long rows are vectorised along the members, short ones
+   (channel-wise 3x3: 9 members) along the candidates. */
+#define BLOCK 64
+
+static inline float err2(float v, float P, float Sc, float St) {
+    const int tail = v >= P;
+    const float d = tail ? v - P : v;
+    const float s = tail ? St : Sc;
+    const float e = d - s * nearbyintf(d / s);
+    return e * e;
+}
+
+void pwlq_scores(const float *x, int64_t n_members, const double *m, const double *p, int64_t n_cand, int bits,
+                 double *out, int64_t g0, int64_t g1, int64_t c0, int64_t c1) {
+    const double centre_levels = (double)((1 << bits) - 1), tail_steps = (double)((1 << (bits - 1)) - 1);
+    float P[BLOCK], Sc[BLOCK], St[BLOCK], acc[BLOCK];
+    for (int64_t g = g0; g < g1; ++g) {
+        const float *row = x + g * n_members;
+        const double M = m[g];
+        for (int64_t cb = c0; cb < c1; cb += BLOCK) {
+            const int64_t nc = cb + BLOCK < c1 ? BLOCK : c1 - cb;
+            for (int64_t k = 0; k < nc; ++k) {
+                const double pd = p[g * n_cand + cb + k] < M ? p[g * n_cand + cb + k] : M;
+                const double scd = 2 * pd / centre_levels, std = (M - pd) / tail_steps;
+                P[k] = (float)pd;
+                Sc[k] = scd > 0 ? (float)scd : 1.0f;
+                St[k] = std > 0 ? (float)std : 1.0f;
+            }
+            if (n_members < 16) {
+                for (int64_t k = 0; k < nc; ++k) acc[k] = 0.0f;
+                for (int64_t n = 0; n < n_members; ++n) {
+                    const float v = row[n];
+#pragma omp simd
+                    for (int64_t k = 0; k < nc; ++k) acc[k] += err2(v, P[k], Sc[k], St[k]);
+                }
+                for (int64_t k = 0; k < nc; ++k) out[g * n_cand + cb + k] = acc[k];
+                continue;
+            }
+            for (int64_t k = 0; k < nc; ++k) {
+                double total = 0.0;
+                for (int64_t b = 0; b < n_members; b += 4096) {
+                    const int64_t end = b + 4096 < n_members ? b + 4096 : n_members;
+                    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+                    for (int64_t n = b; n < end; ++n) a += err2(row[n], P[k], Sc[k], St[k]);
+                    total += a;
+                }
+                out[g * n_cand + cb + k] = total;
+            }
+        }
+    }
+}
+
+/* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w [G, N]
+   on each group's grid (steps as pwlq_params's, rounded to float). Rows g0..g1-1, members n0..n1-1. */
+void pwlq_round(const float *w, int64_t n_members, const double *m, const double *p, int bits, int8_t *codes,
+                uint8_t *region, int64_t g0, int64_t g1, int64_t n0, int64_t n1) {
+    const double centre_levels = (double)((1 << bits) - 1), tail_steps = (double)((1 << (bits - 1)) - 1);
+    const float top = (float)((1 << (bits - 1)) - 1);
+    const int half = 1 << (bits - 1);
+    for (int64_t g = g0; g < g1; ++g) {
+        const double M = m[g], pd = p[g] < M ? p[g] : M;
+        const double scd = 2 * pd / centre_levels, std = (M - pd) / tail_steps;
+        const float P = (float)pd, Sc = scd > 0 ? (float)scd : 1.0f, St = std > 0 ? (float)std : 1.0f;
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t i = g * n_members + n;
+            const float v = w[i], a = fabsf(v);
+            const int tail = a >= P;
+            float centre = nearbyintf(a / Sc);
+            centre = centre > top ? top : centre;
+            float j = nearbyintf((a - P) / St);
+            j = j < 0.0f ? 0.0f : (j > top ? top : j);
+            int code;
+            if (tail) code = v < 0 ? (int)j - half : (int)j;
+            else code = v < 0 ? -(int)centre : (int)centre;
+            codes[i] = (int8_t)code;
+            region[i] = (uint8_t)tail;
+        }
+    }
+}
+
+/* sw.quant.pwlq.dequantize, fused: centre s_c q, tail sgn (p + j s_t), in double, rounded once to float. */
+void pwlq_dequantize(const int8_t *codes, const uint8_t *region, int64_t n_members, const double *sc,
+                     const double *st, const double *p, int bits, float *out, int64_t g0, int64_t g1, int64_t n0,
+                     int64_t n1) {
+    const int half = 1 << (bits - 1);
+    for (int64_t g = g0; g < g1; ++g) {
+        const double Sc = sc[g], St = st[g], P = p[g];
+        for (int64_t n = n0; n < n1; ++n) {
+            const int64_t i = g * n_members + n;
+            const int c = codes[i];
+            double magnitude;
+            if (region[i]) magnitude = (double)(c < 0 ? c + half : c) * St + P;
+            else magnitude = (double)(c < 0 ? -c : c) * Sc;
+            out[i] = (float)(c < 0 ? -magnitude : magnitude);
+        }
+    }
+}
+"""
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
+         "-shared", "-fPIC"]
+
+_library = None      # the loaded kernel, False once building it failed
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((line for line in fh if line.startswith(("model name", "flags"))), "")
+    except OSError:
+        return platform.processor()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yoloq"
+
+
+def _build() -> ctypes.CDLL | None:
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None
+    key = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
+    target = _cache_dir() / f"pwlq_kernel-{key[:16]}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            src, lib = Path(tmp) / "pwlq_kernel.c", Path(tmp) / "pwlq_kernel.so"
+            src.write_text(SOURCE)
+            done = subprocess.run([compiler, *FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"yoloq: building the PWLQ search kernel failed ({compiler}); using the slower torch scorer\n"
+                      f"{done.stderr.strip()}", file=sys.stderr)
+                return None
+            os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
+    library = ctypes.CDLL(str(target))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    library.pwlq_round.restype = library.pwlq_dequantize.restype = None
+    library.pwlq_round.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64]
+    library.pwlq_dequantize.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64]
+    library.pwlq_scores.restype = None
+    library.pwlq_scores.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                    ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
+                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    return library
+
+
+def _kernel():
+    global _library
+    if _library is None:
+        try:
+            _library = _build() or False
+        except OSError as e:  # an unwritable cache, a library that does not load
+            print(f"yoloq: PWLQ search kernel unavailable ({e}); using the slower torch scorer", file=sys.stderr)
+            _library = False
+    return _library or None
+
+
+def available() -> bool:
+    return _kernel() is not None
+
+
+@contextlib.contextmanager
+def disabled():
+    """Score with torch inside this block, as where no compiler works (benchmarks' baseline, tests)."""
+    global _library
+    saved, _library = _library, False
+    try:
+        yield
+    finally:
+        _library = saved
+
+
+def _run(function, args: tuple, groups: int, second: int) -> None:
+    """``function(*args, lo, hi, lo2, hi2)`` over [groups, second] in disjoint ranges, one per torch thread:
+    ranges of groups, or, with fewer groups than threads, of the second axis."""
+    global _pool
+    threads = max(1, torch.get_num_threads())
+    if groups >= threads:
+        cuts = [(groups * i // threads, groups * (i + 1) // threads, 0, second) for i in range(threads)]
+    else:
+        cuts = [(0, groups, second * i // threads, second * (i + 1) // threads) for i in range(threads)]
+    if threads == 1:
+        function(*args, *cuts[0])
+        return
+    if _pool is None or _pool._max_workers != threads:
+        _pool = ThreadPoolExecutor(threads)
+    for job in [_pool.submit(function, *args, *cut) for cut in cuts]:
+        job.result()
+
+
+def scores(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int) -> torch.Tensor | None:
+    """Squared error [G, C] (float64) of ``absw`` [G, N] (float32 |w|) at C candidate breakpoints ``p`` [G, C]
+    per group (float64, clipped to ``absmax`` [G, 1]); None where the kernel cannot be built."""
+    library = _kernel()
+    if library is None:
+        return None
+    absw = absw.float().contiguous()
+    m, p = absmax.double().contiguous(), p.double().contiguous()
+    groups, members = absw.shape
+    out = torch.empty(groups, p.shape[1], dtype=torch.float64)
+    _run(library.pwlq_scores, (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), p.shape[1], bits,
+                               out.data_ptr()), groups, p.shape[1])
+    return out
+
+
+def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
+    """(int8 codes, bool tail mask) of float32 ``w`` [G, N] as :func:`sw.quant.pwlq.round_to_levels` gives them
+    for the parameters of ``absmax`` and ``p`` ([G, 1], float64); None without the kernel."""
+    library = _kernel()
+    if library is None or w.dtype != torch.float32:
+        return None
+    w = w.contiguous()
+    m, p = absmax.double().contiguous(), p.double().contiguous()
+    codes = torch.empty(w.shape, dtype=torch.int8)
+    tail = torch.empty(w.shape, dtype=torch.bool)
+    _run(library.pwlq_round, (w.data_ptr(), w.shape[1], m.data_ptr(), p.data_ptr(), bits, codes.data_ptr(),
+                              tail.data_ptr()), w.shape[0], w.shape[1])
+    return codes, tail
+
+
+def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor,
+               bits: int) -> torch.Tensor | None:
+    """Float32 weights [G, N] from int8 ``codes`` and the ``tail`` mask, as :func:`sw.quant.pwlq.dequantize`
+    gives them rounded to float32; None without the kernel."""
+    library = _kernel()
+    if library is None or codes.dtype != torch.int8:
+        return None
+    codes, tail = codes.contiguous(), tail.contiguous()
+    s_c, s_t, p = (t.double().contiguous() for t in (s_c, s_t, p))
+    out = torch.empty(codes.shape, dtype=torch.float32)
+    _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), codes.shape[1], s_c.data_ptr(),
+                                   s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()), codes.shape[0],
+         codes.shape[1])
+    return out
