@@ -27,7 +27,8 @@ def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]  # not .prod(): numpy's reduction over an axis of 2 is many times slower
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+    with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, which suppresses nothing
+        return inter / (area_a[:, None] + area_b[None, :] - inter)
 
 
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_thres: float, max_det: int) -> np.ndarray:
