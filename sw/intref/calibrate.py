@@ -97,6 +97,8 @@ class _Observer:
         self.seen: set[tuple[str, str]] = set()
 
     def __call__(self, kind: str, key: str, x: torch.Tensor) -> None:
+        if kind == "head":
+            return  # dequantized for decoding: no quantizer
         k = (kind, key)
         x = x.detach().flatten()
         if k not in self.gens:

@@ -276,17 +276,13 @@ def superset_epilogue_format(formats: list[EpilogueFormat]) -> EpilogueFormat:
                           max(f.multiplier_bits for f in formats), max(f.max_shift for f in formats))
 
 
-def epilogue_offsets(contract, act_in: ActQuant, bias: torch.Tensor | None,
-                     channel_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Step 1's ``K_c = B_c - z_a * sum(W_c)`` (int64 [o]), ``B_c`` the bias rounded to the accumulator's scale
-    (with ``channel_scale``, the bias is in the pre-activation's units, ``bias_c / channel_scale_c``)."""
+def epilogue_offsets(contract, act_in: ActQuant, bias: torch.Tensor | None) -> torch.Tensor:
+    """Step 1's ``K_c = B_c - z_a * sum(W_c)`` (int64 [o]), ``B_c`` the bias (in the conv output's units)
+    rounded to the accumulator's scale ``2^-E s_a``."""
     acc_lsb = 2.0 ** -contract.shift * act_in.scale
     channels = contract.shape[0]
-    if bias is None:
-        bias_int = torch.zeros(channels, dtype=torch.int64)
-    else:
-        lsb = acc_lsb if channel_scale is None else acc_lsb * channel_scale.detach().double()
-        bias_int = torch.round(bias.detach().double() / lsb).to(torch.int64)
+    bias_int = torch.zeros(channels, dtype=torch.int64) if bias is None else \
+        torch.round(bias.detach().double() / acc_lsb).to(torch.int64)
     return bias_int - act_in.zero_point * contract.weight_int().sum((1, 2, 3))
 
 
@@ -299,8 +295,8 @@ def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_s
     the ``K_c`` it stores (the fewest bits that hold them).
 
     ``channel_scale`` (float [o], each > 0): a per-channel factor between the conv and its activation, the
-    scale of a BatchNorm kept separate from the quantized weights (``pre = channel_scale_c * (conv_c + bias_c)``
-    with ``bias`` then the BatchNorm's shift divided by ``channel_scale``); each channel then gets its own
+    scale of a BatchNorm kept separate from the quantized weights: ``pre = channel_scale_c * (conv_c + bias_c)``
+    (``bias`` then includes the BatchNorm's shift divided by ``channel_scale``); each channel then gets its own
     ``M_c, R_c`` for ``channel_scale_c 2^-E s_a / pre_scale``. Without it every channel shares one."""
     if not (pre_scale > 0 and math.isfinite(pre_scale)):
         raise QuantizationError(f"{contract.name}: pre-activation scale {pre_scale} is not a positive finite number")
@@ -311,7 +307,7 @@ def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_s
         raise QuantizationError(f"{contract.name}: channel {bad}'s scale {float(channel_scale[bad]):.3g} is not "
                                 f"positive; an unsigned multiplier cannot hold it (fold BatchNorm into the "
                                 f"weights before quantizing: --fold-bn)")
-    offset = epilogue_offsets(contract, act_in, bias, channel_scale)
+    offset = epilogue_offsets(contract, act_in, bias)
     fmt = EpilogueFormat(contract.fmt.acc_bits, signed_bits_for(int(offset.min()), int(offset.max())), out.bits,
                          pre_bits, multiplier_bits)
     reals = [acc_lsb / pre_scale] * channels if channel_scale is None else \

@@ -115,7 +115,8 @@ class Graph:
 
     def run_float(self, x: torch.Tensor, observe=None, stop=None) -> torch.Tensor | None:
         """The model's forward pass on the graph; ``observe(kind, key, tensor)`` sees every tensor (kind
-        "tensor", key its id) and every conv's pre-activation (kind "pre", key the conv's name). Returns the
+        "tensor", key its id; a Detect conv's output: kind "head") and every conv's pre-activation (kind "pre",
+        key the conv's name). Returns the
         decoded predictions, or None when ``stop()`` (asked after each node) ended the pass early."""
         env = {INPUT: x}
         if observe:
@@ -133,8 +134,8 @@ class Graph:
             else:
                 out = node.apply(env[node.src])
             env[node.dst] = out
-            if observe and not (isinstance(node, ConvNode) and node.head is not None):
-                observe("tensor", node.dst, out)
+            if observe:
+                observe("head" if isinstance(node, ConvNode) and node.head is not None else "tensor", node.dst, out)
             if stop is not None and stop():
                 return None
         return self.detect.decode([env[h] for h in self.heads])

@@ -147,7 +147,7 @@ class IntegerNetwork(nn.Module):
                 layer.pe = IntegerConv2d(contract, node.conv, layer.act_in)
                 if node.head is not None:
                     lsb = 2.0 ** -contract.shift * layer.act_in.scale
-                    layer.head = HeadDequant(epilogue_offsets(contract, layer.act_in, bias, channel_scale),
+                    layer.head = HeadDequant(epilogue_offsets(contract, layer.act_in, bias),
                                              lsb * (torch.ones(contract.shape[0], dtype=torch.float64)
                                                     if channel_scale is None else channel_scale))
                 else:
