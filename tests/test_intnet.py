@@ -319,3 +319,24 @@ def test_real_yolov5n_at_160_on_a_coco_image_equals_the_int64_reference(yolov5n,
     # the integer network finds what the fake-quant one finds: the same most confident boxes' classes
     top = ref[0, :, 4].topk(5).indices
     assert torch.equal((got[0, top, 5:] * got[0, top, 4:5]).argmax(1), (ref[0, top, 5:] * ref[0, top, 4:5]).argmax(1))
+
+
+@pytest.mark.slow  # quantizes and calibrates a generated model
+def test_layers_left_in_fp16_run_as_float_islands_between_codes():
+    from sw.quant.model import QuantSpec
+
+    qm, net = _network(_small("yolov5n", 0.125), QuantSpec("affine", 4, "channel", include_detect=False))
+    islands = [n for n, layer in net.layers.items() if layer.float_island]
+    assert set(islands) == {n for n, r in qm.layers.items() if r.qt is None} and len(islands) > 3
+    x = _image(6)
+    env = net.tensors(x)
+    conv = next(n for n in islands if net.layers[n].head is None)
+    node = net.graph.convs[conv]
+    assert env[node.dst].dtype == torch.int64  # an island's output is codes again
+    expected = net.quant[node.dst].quantize(node.act(node.pre_float(net.quant[node.src].dequantize(env[node.src])
+                                                                    .float())))
+    assert torch.equal(env[node.dst], expected.to(torch.int64))
+    assert not set(islands) & set(net.trace(x))
+    with pytest.raises(QuantizationError, match="left in FP16"):
+        net.trace(x, [conv])
+    assert net(x).shape == qm.model(x).shape

@@ -5,8 +5,9 @@ it into the A-bit codes the next layer consumes, in integers only, per output ch
 
 1. **Offset.** ``t = acc + K_c`` with ``K_c = B_c - z_a * sum(W_c)``: the activation zero-point's term (exact,
    a constant per channel) and the bias ``B_c = round(bias_c / (2^-E s_a))`` rounded to the accumulator's
-   scale. BatchNorm was folded into the conv's weights and bias before quantization, so its per-channel
-   scale is already in ``W`` and only this bias is left of it.
+   scale. BatchNorm folded into the conv's weights and bias before quantization leaves only this bias; a
+   BatchNorm kept apart (``derive_epilogue(channel_scale=...)``) also puts its per-channel scale into
+   ``M_c``, its shift, divided by that scale, into ``bias_c``.
 2. **Requantize.** ``p = sat_P(floor((t * M_c + 2^(R_c - 1)) / 2^R_c))`` (``2^(R_c-1)`` is 0 when ``R_c = 0``):
    an unsigned ``multiplier_bits`` mantissa ``M_c`` and a shift ``R_c`` stand for the real multiplier
    ``2^-E s_a / s_pre``; the rounding rule is round half up (add half, arithmetic shift right, as
