@@ -201,7 +201,7 @@ def test_integer_sqnr_covers_every_layer_and_heads_lose_nothing_to_their_dequant
     _, net = v5
     sqnr = integer_sqnr(net, _image(4))
     assert set(sqnr) == set(net.layers)
-    heads = [r for n, r in sqnr.items() if net.layers[n].head is not None]
+    heads = [r for n, r in sqnr.items() if net.layers[n].is_head]
     assert len(heads) == 3 and all(abs(r["epilogue_cost_db"]) < 0.1 for r in heads)
 
 
@@ -296,6 +296,8 @@ def test_partial_calibration_gives_the_whole_networks_quantizers_and_traces(v5):
         assert torch.equal(got[n].output, whole[n].output) and torch.equal(got[n].acc, whole[n].acc)
     with pytest.raises(QuantizationError, match="not calibrated"):
         partial(x)
+    with pytest.raises(QuantizationError, match="no conv 'model.99.conv'"):
+        partial.trace(x, ["model.99.conv"])
 
 
 @pytest.mark.slow  # quantizes the real YOLOv5n (PWLQ search) and calibrates it
@@ -330,7 +332,7 @@ def test_layers_left_in_fp16_run_as_float_islands_between_codes():
     assert set(islands) == {n for n, r in qm.layers.items() if r.qt is None} and len(islands) > 3
     x = _image(6)
     env = net.tensors(x)
-    conv = next(n for n in islands if net.layers[n].head is None)
+    conv = next(n for n in islands if not net.layers[n].is_head)
     node = net.graph.convs[conv]
     assert env[node.dst].dtype == torch.int64  # an island's output is codes again
     expected = net.quant[node.dst].quantize(node.act(node.pre_float(net.quant[node.src].dequantize(env[node.src])

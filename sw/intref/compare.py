@@ -78,7 +78,7 @@ def integer_sqnr(net, images: torch.Tensor) -> dict[str, dict]:
             local = _value(layer, layer.finish(layer.accumulate(codes_in)))
             pre = layer.pe(sw[node.src])
             pre = pre if node.bn is None else node.bn(pre)
-            hw_local = (pre if layer.head is not None else node.act(pre)).double()
+            hw_local = (pre if layer.is_head else node.act(pre)).double()
         errors = {key: _sqnr(power, float((value - ref).square().sum())) for key, value in [
             ("int_network_sqnr_db", _value(layer, ints[node.dst])), ("int_layer_sqnr_db", local),
             ("hw_act_layer_sqnr_db", hw_local)]}
@@ -89,4 +89,4 @@ def integer_sqnr(net, images: torch.Tensor) -> dict[str, dict]:
 
 def _value(layer, out: torch.Tensor) -> torch.Tensor:
     """What a layer's output is worth: dequantized codes, or a Detect conv's values as they are."""
-    return out.double() if layer.head is not None else layer.out.dequantize(out)
+    return out.double() if layer.is_head else layer.out.dequantize(out)

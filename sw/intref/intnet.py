@@ -70,17 +70,22 @@ class IntLayer:
     def float_island(self) -> bool:
         return self.pe is None
 
+    @property
+    def is_head(self) -> bool:
+        """A Detect conv: its output is dequantized (``head``), not requantized."""
+        return self.node.head is not None
+
     def accumulate(self, codes: torch.Tensor) -> torch.Tensor:
         return self.pe.accumulate_codes(codes)
 
     def finish(self, acc: torch.Tensor) -> torch.Tensor:
         """Output codes (int64), or a head's dequantized values (float64)."""
-        return self.head.values(acc) if self.head is not None else self.epilogue.apply(acc)
+        return self.head.values(acc) if self.is_head else self.epilogue.apply(acc)
 
     def run_float_island(self, codes: torch.Tensor) -> torch.Tensor:
         x = self.act_in.dequantize(codes).float()
         y = self.node.pre_float(x)
-        if self.head is not None or self.out is None:
+        if self.is_head:
             return y.double()
         return self.out.quantize(self.node.act(y)).to(torch.int64)
 
@@ -139,9 +144,6 @@ class IntegerNetwork(nn.Module):
             layer = IntLayer(node, self.quant[node.src], self.quant.get(node.dst))
             contract = contracts.get(node.name)
             channel_scale, bias = node.channel_scale_and_bias()
-            if node.head is not None:
-                layer.head = HeadDequant(torch.zeros(node.conv.out_channels, dtype=torch.int64),
-                                         torch.ones(node.conv.out_channels, dtype=torch.float64))
             if contract is not None:
                 layer.contract = contract
                 layer.pe = IntegerConv2d(contract, node.conv, layer.act_in)
@@ -214,7 +216,7 @@ class IntegerNetwork(nn.Module):
         def record(layer: IntLayer, codes, acc, out):
             if layer.float_island or (wanted is not None and layer.node.name not in wanted):
                 return
-            head = layer.head is not None
+            head = layer.is_head
             traces[layer.node.name] = LayerTrace(layer.node.name, layer.contract, codes, layer.act_in,
                                                  layer.pe.stride, layer.pe.padding, acc, layer.epilogue,
                                                  None if head else out, layer.head)
