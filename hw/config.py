@@ -29,6 +29,22 @@ def struct_layout(fields: tuple[Field, ...]) -> data.StructLayout:
     return data.StructLayout({f.name: shape(f) for f in fields})
 
 
+def pe_kind(layout: StreamLayout) -> tuple:
+    """What a layer's PE datapath depends on: addressing mode, lanes, code bits k, PWLQ or not, activation and
+    scale bits. The other widths are upper bounds, so one :meth:`PEConfig.superset` PE per kind runs every
+    layer of that kind exactly."""
+    f = layout.contract.fmt
+    return (layout.mode, layout.lanes, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
+
+
+def group_by_kind(layouts: list[StreamLayout]) -> dict[tuple, list[int]]:
+    """Indices of ``layouts`` per :func:`pe_kind`, kinds in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        groups.setdefault(pe_kind(layout), []).append(i)
+    return groups
+
+
 LEVELS = 1  # adder levels between pipeline registers in trees and multipliers (1: highest Fmax)
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hw.config import PEConfig
+from hw.config import PEConfig, group_by_kind
 from sw.errors import YoloqError
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
@@ -133,20 +133,17 @@ class CosimResult:
 
 # ---- planning -------------------------------------------------------------------------------------------------
 def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False) -> list[Build]:
-    """Exact: one PE per layer. Otherwise one superset PE per (mode, k, PWLQ, A, F), in first-seen order."""
-    builds: dict[tuple, list] = {}
-    for i, case in enumerate(cases):
-        layout = StreamLayout.build(case.contract, lanes, mode_for(case.contract.granularity))
-        f = case.contract.fmt
-        key = (i,) if exact else (layout.mode, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
-        builds.setdefault(key, []).append((case, layout))
+    """Exact: one PE per layer. Otherwise one superset PE per :func:`hw.config.pe_kind` (mode, lanes, k, PWLQ,
+    A, F), in first-seen order: the same modules ``hw build`` writes."""
+    layouts = [StreamLayout.build(case.contract, lanes, mode_for(case.contract.granularity)) for case in cases]
+    groups = [[i] for i in range(len(cases))] if exact else list(group_by_kind(layouts).values())
     plan = []
-    for items in builds.values():
-        layouts = [lay for _, lay in items]
-        cfg = PEConfig.for_layer(layouts[0]) if exact else PEConfig.superset(layouts)
-        for lay in layouts:
+    for indices in groups:
+        chosen = [layouts[i] for i in indices]
+        cfg = PEConfig.for_layer(chosen[0]) if exact else PEConfig.superset(chosen)
+        for lay in chosen:
             cfg.check_fits(lay)
-        plan.append(Build(cfg, items))
+        plan.append(Build(cfg, [(cases[i], layouts[i]) for i in indices]))
     return plan
 
 

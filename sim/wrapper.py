@@ -28,15 +28,12 @@ one compiled model serves runs of similar size.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.back import verilog
 
-from hw.build import generator_digest
+from hw import build
 from hw.config import PEConfig
 from hw.pe import pe_signature, port_name
 from sw.intref.stream import ACTS, WEIGHTS
@@ -73,36 +70,19 @@ class MemoryDepths:
         return cls(depth_for(weights), depth_for(acts), depth_for(params), depth_for(layers + 1, 16))
 
 
-def pe_module_name(cfg: PEConfig, fault: str | None, memory: str = "generic") -> str:
-    """A name for the PE module that says what it is (the Verilator waivers match ``*yoloq_pe_*``)."""
-    f = cfg.fmt
-    name = (f"yoloq_pe_cosim_{cfg.mode}_l{cfg.lanes}_k{f.weight_bits}{'p' if f.pwlq else 'u'}_a{f.act_bits}"
-            f"_f{f.scale_bits}_z{f.zero_point_bits}_b{f.breakpoint_bits}_acc{f.acc_bits}_w{cfg.param_words}")
-    return name + (f"_{fault}" if fault else "") + ("_ecp5mem" if memory == "ecp5" else "")
+def pe_variant(fault: str | None, memory: str = "generic") -> str:
+    """How a co-simulated PE differs from the plain one (:func:`hw.build.pe_module_name`'s ``variant``)."""
+    return "_".join(part for part in (fault, "ecp5mem" if memory == "ecp5" else None) if part)
 
 
 def pe_verilog(cfg: PEConfig, fault: str | None = None, cache: Path | None = None,
                memory: str = "generic") -> tuple[str, str]:
-    """(module name, Verilog) of the PE with an empty parameter memory (the testbench loads it).
-
-    Elaborating a wide PE takes Amaranth 10-60 s, so with ``cache`` the Verilog is kept, keyed by the
-    config, the fault, the memory kind and :func:`hw.build.generator_digest` (any change to the generator makes
-    a new entry). ``memory="ecp5"``: the parameter memory of DP16KD block RAMs that ECP5 synthesis uses.
-    """
-    name = pe_module_name(cfg, fault, memory)
-    path = None
-    if cache is not None:
-        key = hashlib.sha256(repr((cfg, fault, memory, generator_digest())).encode()).hexdigest()[:20]
-        path = Path(cache) / "pe-verilog" / f"{name}-{key}.v"
-        if path.exists():
-            return name, path.read_text()
-    source = verilog.convert(pe_class(fault)(cfg, None, memory=memory), name=name, emit_src=False)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(source)
-        os.replace(tmp, path)
-    return name, source
+    """(module name, Verilog) of the PE with an empty parameter memory (the testbench loads it), cached as
+    :func:`hw.build.pe_verilog` caches it: the plain PE is the very module ``hw build`` writes.
+    ``fault``: a deliberately wrong PE (:mod:`sim.faults`); ``memory="ecp5"``: the parameter memory of DP16KD
+    block RAMs that ECP5 synthesis uses."""
+    return build.pe_verilog(cfg, pe_variant(fault, memory), lambda: pe_class(fault)(cfg, None, memory=memory),
+                            cache)
 
 
 def testbench_parameters(cfg: PEConfig, depths: MemoryDepths) -> dict[str, int]:

@@ -151,6 +151,9 @@ def test_integer_conv2d_module_epilogue():
     expected = ((acc - act.zero_point * c.weight_int().sum((1, 2, 3)).view(1, -1, 1, 1)).double()
                 * 2.0 ** -c.shift * act.scale).float() + conv.bias.detach().view(1, -1, 1, 1)
     assert torch.equal(y, expected)
+    # keep_acc takes the accumulators themselves (padding with z_a); the output is the same to the bit
+    m.keep_acc = True
+    assert torch.equal(m(x), expected) and torch.equal(m.last_acc, acc)
     # and it approximates the float conv of the dequantized activations with hardware weights
     ref = F.conv2d(act.dequantize(act.quantize(x)), c.weight_float(), padding=1).float() + conv.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-5)

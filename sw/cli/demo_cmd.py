@@ -1,7 +1,8 @@
 """``yoloq demo``: the main job on the shared data, end to end, with one summary at the end.
 
 On the real YOLOv5n checkpoint and the COCO subset: quantize (4-bit PWLQ, mix of 3) -> generate the
-processing element's Verilog for every quantized layer (and lint it) -> calibrate activation scales (once,
+processing elements' Verilog for every quantized layer (one module per kind of layer, with each
+layer's parameter and weight memory files; lint each module) -> calibrate activation scales (once,
 for both of the next steps) -> co-simulate the RTL against the integer reference -> evaluate FP, fake-quant
 and hardware-exact mAP in one pass over the images. Each step's files land in ``--out``; the summary gives
 each step's seconds.
@@ -34,7 +35,8 @@ def _step(summary: list, name: str, t0: float, outcome: str) -> None:
 
 
 def run(args) -> int:
-    from hw.build import build_layers
+    from hw.build import build_model
+    from sim.runner import cache_dir as sim_cache_dir
 
     from ..atomic import write_json
     from ..checkpoint import load_model
@@ -63,11 +65,13 @@ def run(args) -> int:
 
     t0 = time.perf_counter()
     names = [n for n, r in qm.layers.items() if r.qt is not None]
-    layers = [(LayerContract.from_record(name, qm.layers[name].qt, 8, spec.scale_bits), qm.layers[name].qt,
-               out / "verilog" / name) for name in names]
-    manifests = build_layers(layers, args.lanes, lint=True)
-    lint_failures = sum(m["lint"]["exit_code"] != 0 for m in manifests)
-    _step(summary, "verilog", t0, f"{len(names)} PEs ({args.lanes} lanes) in {out / 'verilog'}, "
+    layers = [(LayerContract.from_record(name, qm.layers[name].qt, 8, spec.scale_bits), qm.layers[name].qt)
+              for name in names]
+    # the co-simulation below runs the same PE modules: it finds them in the simulator's cache
+    manifest = build_model(layers, args.lanes, out / "verilog", lint=True, cache=sim_cache_dir())
+    lint_failures = sum(m["lint"]["exit_code"] != 0 for m in manifest["modules"])
+    _step(summary, "verilog", t0, f"{len(manifest['modules'])} PE modules ({args.lanes} lanes) for {len(names)} "
+                                  f"layers, with their memory files, in {out / 'verilog'}; "
                                   f"verilator lint failures: {lint_failures}")
 
     t0 = time.perf_counter()

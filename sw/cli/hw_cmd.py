@@ -53,10 +53,13 @@ def add_parser(sub) -> None:
     add_data_arg(v)
     v.set_defaults(run=run_validate)
 
-    b = hw.add_parser("build", help="Verilog, $readmemh files and manifest of the PE for a quantized layer",
-                      description="Generate the processing element configured for a layer of a quantized "
-                                  "artifact: DIR/<module>.v, params.hex, weights.hex, manifest.json (with "
-                                  "--all-layers, one sub-folder per layer).")
+    b = hw.add_parser("build", help="Verilog, $readmemh files and manifest of the PEs for quantized layers",
+                      description="Generate the processing elements that run layers of a quantized artifact: "
+                                  "one PE module per kind of layer (addressing mode, code bits, PWLQ or not), "
+                                  "sized for all its layers, as DIR/<module>.v with an empty parameter memory; "
+                                  "per layer DIR/<layer>/params.hex (parameter words, written through the PE's "
+                                  "params port from address 0) and DIR/<layer>/weights.hex (weight beats); "
+                                  "DIR/manifest.json says which module and files each layer uses.")
     b.add_argument("--quantized", required=True, help="quantized artifact from `yoloq quantize`")
     which = b.add_mutually_exclusive_group(required=True)
     which.add_argument("--layer", help="layer name, e.g. model.2.cv1.conv")
@@ -87,7 +90,7 @@ def add_parser(sub) -> None:
 
 
 def run_build(args) -> int:
-    from hw.build import build_layers
+    from hw.build import build_model
 
     from ..intref.contract import LayerContract
 
@@ -96,13 +99,18 @@ def run_build(args) -> int:
     check_output_dir(args.output, "-o")
     qm = quantized_layers(args.quantized)
     names = pe_layer_names(qm, None if args.all_layers else [args.layer], args.quantized)
-    out = Path(args.output)
     layers = [(LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits),
-               qm.layers[name].qt, out / name if args.all_layers else out) for name in names]
-    for (_, _, folder), name, m in zip(layers, names, build_layers(layers, args.lanes)):
-        print(f"{name}: {folder / m['verilog']} ({m['pe']['mode']} mode, {m['pe']['lanes']} lanes, "
-              f"acc {m['pe']['acc_bits']} bits, latency {m['pe']['latency_cycles']}, "
-              f"lane use {m['stream']['lane_utilisation']:.0%}, {m['storage']['total_bits']:,} storage bits)")
+               qm.layers[name].qt) for name in names]
+    out = Path(args.output)
+    manifest = build_model(layers, args.lanes, out, lint=False)
+    for m in manifest["modules"]:
+        print(f"{out / m['verilog']}: {m['pe']['mode']} mode, {m['pe']['lanes']} lanes, acc {m['pe']['acc_bits']} "
+              f"bits, {m['pe']['param_words']} parameter words, latency {m['pe']['latency_cycles']}; "
+              f"{len(m['layers'])} layer{'s' * (len(m['layers']) != 1)}")
+    for entry in manifest["layers"]:
+        print(f"{entry['layer']}: {entry['module']}, {out / entry['params_hex']}, {out / entry['weights_hex']} "
+              f"(lane use {entry['stream']['lane_utilisation']:.0%}, {entry['storage']['total_bits']:,} storage bits)")
+    print(f"{out / 'manifest.json'}: {len(manifest['modules'])} PE modules for {len(manifest['layers'])} layers")
     return 0
 
 

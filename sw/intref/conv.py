@@ -20,16 +20,21 @@ def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
 
 
 def integer_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, stride=1, padding=0,
-                   act_max: int | None = None) -> torch.Tensor:
+                   act_max: int | None = None, w_double: torch.Tensor | None = None,
+                   as_double: bool = False) -> torch.Tensor:
     """``conv(x_int, w_int)`` exactly, as int64. ``x_int``: integer-valued float64; ``w_int``: int64.
 
     ``act_max`` bounds |x| (the contract's activation range); it defaults to the actual max of ``x_int``.
+    ``w_double``: ``w_int`` as float64, when the caller keeps it (a network's forward passes). With
+    ``as_double`` the result is float64, and equal to ``.double()`` of the int64 one: exact below 2^53, which
+    is when no digits are needed, so the fast path then skips two conversions.
     """
     fan_in = w_int[0].numel()
     a = int(x_int.abs().max()) if act_max is None else act_max
     w_abs = int(w_int.abs().max()) if w_int.numel() else 0
     if fan_in * max(w_abs, 1) * max(a, 1) < FLOAT64_EXACT:
-        return _conv(x_int.double(), w_int.double(), stride, padding).to(torch.int64)
+        out = _conv(x_int.double(), w_int.double() if w_double is None else w_double, stride, padding)
+        return out if as_double else out.to(torch.int64)
     # Split W = sum_j D_j 2^(K j) with digits D_j in [0, 2^K) (the last digit carries the sign).
     k = max(1, (FLOAT64_EXACT // (fan_in * max(a, 1))).bit_length() - 1)
     acc = torch.zeros((), dtype=torch.int64)
@@ -38,7 +43,7 @@ def integer_conv2d(x_int: torch.Tensor, w_int: torch.Tensor, stride=1, padding=0
         digit = rest if (rest.abs() < (1 << k)).all() else torch.remainder(rest, 1 << k)
         acc = acc + (_conv(x_int.double(), digit.double(), stride, padding).to(torch.int64) << shift)
         if digit is rest:
-            return acc
+            return acc.double() if as_double else acc
         rest = torch.div(rest - digit, 1 << k, rounding_mode="floor")
         shift += k
 

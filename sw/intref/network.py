@@ -36,9 +36,12 @@ class IntegerConv2d(nn.Module):
         self.act = act
         self.stride, self.padding = conv.stride[0], conv.padding[0]
         self.register_buffer("weight_int", contract.weight_int())
+        self.register_buffer("weight_double", self.weight_int.double())  # kept: converted once, not per forward
         # z_a * sum(W) per output channel: what the activation zero-point adds to each accumulator
         self.register_buffer("zero_point_term", act.zero_point * self.weight_int.sum((1, 2, 3)))
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
+        # 2^-E s_a as one factor: scaling by a power of two is exact, so c * (2^-E s_a) == (c * 2^-E) * s_a
+        self.out_scale = 2.0 ** -contract.shift * act.scale
         self.last_acc: torch.Tensor | None = None  # kept only when ``keep_acc`` is set (tests, co-simulation)
         self.keep_acc = False
 
@@ -53,14 +56,25 @@ class IntegerConv2d(nn.Module):
         if self.padding:
             x_int = F.pad(x_int, [self.padding] * 4, value=float(self.act.zero_point))
         lo, hi = self.contract.fmt.act_range
-        return integer_conv2d(x_int, self.weight_int, self.stride, 0, act_max=max(-lo, hi))
+        return integer_conv2d(x_int, self.weight_int, self.stride, 0, act_max=max(-lo, hi),
+                              w_double=self.weight_double)
+
+    def centred(self, x: torch.Tensor) -> torch.Tensor:
+        """``accumulate(x) - z_a sum(W)``, as float64 (:func:`integer_conv2d`'s ``as_double``), computed as the
+        conv of the centred codes x - z_a with zero padding: the same integers (padding with z_a adds exactly
+        the z_a sum(W) that is then taken away), without padding a copy or converting to int64 and back."""
+        x_centred = self.act.quantize(x).sub_(self.act.zero_point)
+        lo, hi = self.contract.fmt.act_range
+        return integer_conv2d(x_centred, self.weight_int, self.stride, self.padding, act_max=hi - lo,
+                              w_double=self.weight_double, as_double=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        acc = self.accumulate(x)
-        if self.keep_acc:
-            self.last_acc = acc
-        centred = acc - self.zero_point_term.view(1, -1, 1, 1)
-        y = (centred.double() * 2.0 ** -self.contract.shift * self.act.scale).float()
+        if self.keep_acc:  # the accumulators themselves, as the PE computes them
+            self.last_acc = self.accumulate(x)
+            centred = (self.last_acc - self.zero_point_term.view(1, -1, 1, 1)).double()
+        else:
+            centred = self.centred(x)
+        y = (centred * self.out_scale).float()
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
 
