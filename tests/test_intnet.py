@@ -125,6 +125,8 @@ def _check_every_tensor(net: IntegerNetwork, x: torch.Tensor) -> dict:
         if isinstance(node, ConvNode):
             layer = net.layers[node.name]
             tr = traces[node.name]
+            # tensors() took the float path (ExactConv + FloatEpilogue); trace the int64 definition
+            assert layer.fast is not None or layer.head_offset is not None, node.name
             w = layer.contract.weight_int().numpy()
             assert (tr.input.numpy() == env[node.src]).all()
             acc = ref_conv(env[node.src], w, tr.stride, tr.padding, layer.act_in.zero_point)
@@ -215,6 +217,7 @@ def test_residual_add_equals_python_integers_and_rounds_the_real_sum():
         x, y = (torch.randint(-128, 128, (4, 8, 5, 5), generator=g) for _ in range(2))
         got = add.apply(x, y)
         assert (got.numpy() == ref_add([x.numpy(), y.numpy()], add)).all()
+        assert torch.equal(add.apply_float(x.float(), y.float()), got.float())  # the float64 evaluation
         real = (qs[0].dequantize(x) + qs[1].dequantize(y)) / qs[2].scale + qs[2].zero_point
         # round half up of the fixed-point sum: within half a step plus the multipliers' rounding
         # (each |M_i 2^-R - s_i / s_o| <= 2^-(R+1), times |x_i - z_i| <= 255)
@@ -226,6 +229,17 @@ def test_residual_add_rounds_half_up():
     q = ActQuant(8, 1.0, 0)
     add = ResidualAdd("add", (q, q), (1, 1), 1, q)   # (x + y) / 2, rounded half up
     assert add.apply(torch.tensor([1, -1, 3, -3]), torch.tensor([0, 0, 0, 0])).tolist() == [1, 0, 2, -1]
+    assert add.apply_float(torch.tensor([1., -1, 3, -3]), torch.zeros(4)).tolist() == [1, 0, 2, -1]
+
+
+def test_residual_add_in_float_equals_int64_on_every_code_pair():
+    """apply_float against apply on all 256 x 256 input codes, for quantizers with far-apart scales."""
+    codes = torch.arange(-128, 128)
+    x, y = codes.view(-1, 1).expand(256, 256), codes.view(1, -1).expand(256, 256)
+    for qa, qb, qo in [(ActQuant(8, 0.05, -120), ActQuant(8, 0.011, -3), ActQuant(8, 0.07, -90)),
+                       (ActQuant(8, 0.3, 5), ActQuant(8, 0.29, -128), ActQuant(8, 0.01, 127))]:
+        add = ResidualAdd.derive("add", (qa, qb), qo)
+        assert torch.equal(add.apply_float(x.float(), y.float()), add.apply(x, y).float())
 
 
 def test_max_pool_and_upsample_on_codes_equal_quantizing_the_float_result():

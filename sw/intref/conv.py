@@ -101,23 +101,32 @@ class ExactConv:
     def exact_double(self) -> bool:
         return self.plan.exact_double
 
-    def double(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
-        """The conv as float64: exact (every output an integer below 2^53) when the plan's recombined bound
-        allows (:attr:`exact_double`), otherwise the exact int64 result rounded to float64."""
+    def values(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+        """The conv, exact, as an integer-valued float tensor: float32 when one float32 conv is the whole
+        plan (no conversion), else float64. Only for plans with :attr:`exact_double`."""
         plan = self._plan_for(x)
         if not plan.exact_double:
-            return self.int64(x, stride, padding).double()
+            raise ValueError("the conv's recombined sum may exceed 2^53; use int64()")
         convs = plan.convs(x, stride, padding)
+        if len(convs) == 1:
+            return convs[0]
         out = convs[0].double()
         for j, c in enumerate(convs[1:], 1):
             out.add_(c.double(), alpha=float(1 << (plan.k * j)))  # exact: 2^(kj) times an exact integer
         return out
 
+    def double(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
+        """The conv as float64: exact (every output an integer below 2^53) when the plan's recombined bound
+        allows (:attr:`exact_double`), otherwise the exact int64 result rounded to float64."""
+        if not self._plan_for(x).exact_double:
+            return self.int64(x, stride, padding).double()
+        return self.values(x, stride, padding).double()
+
     def int64(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
         """The conv as int64, exact."""
         plan = self._plan_for(x)
         if plan.exact_double:
-            return self.double(x, stride, padding).to(torch.int64)
+            return self.values(x, stride, padding).to(torch.int64)
         convs = plan.convs(x, stride, padding)
         out = convs[0].to(torch.int64)
         for j, c in enumerate(convs[1:], 1):

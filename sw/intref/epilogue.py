@@ -267,6 +267,54 @@ class LayerEpilogue:
         return self.table[pre - self.fmt.pre_range[0]]
 
 
+@dataclass
+class FloatEpilogue:
+    """:meth:`LayerEpilogue.apply` evaluated in float64, equal to it output code for output code, on the conv's
+    accumulators less a per-channel constant (``acc = values + centre_c``; the integer network passes the
+    centred conv, ``centre = z_a sum(W)``); it returns the codes as a float32 tensor.
+
+    Why it is exact. With ``t = acc + K_c = values + K'_c`` (``K'_c = K_c + centre_c``), step 2 is
+    ``floor((t M_c + h_c) / 2^R_c)`` (``h_c`` the half). Here it is ``floor(values * S_c + C_c)`` with
+    ``S_c = M_c 2^-R_c`` and ``C_c = (K'_c M_c + h_c - lo 2^R_c) 2^-R_c`` (``lo`` the lowest pre-activation
+    code, folded in so that the result indexes the table directly). Each of ``values * M_c``,
+    ``K'_c M_c + h_c - lo 2^R_c`` and their sum is an integer below 2^53 in magnitude (:meth:`of` checks the
+    bound ``max_c (||W_c||_1 a M_c + |K'_c M_c + h_c - lo 2^R_c|)`` over the conv's input range and refuses
+    otherwise), so each, times the power of two ``2^-R_c``, is a float64 value: the product, the sum and their
+    fused form round nothing, and ``floor`` of the exact quotient is the arithmetic shift. Clamping the
+    floor to ``[0, 2^P - 1]`` is clamping ``p`` to the pre-activation range (shifted by ``-lo``), and the
+    table (float32 holding the A-bit codes, exact) is read at that index.
+    """
+
+    scale: torch.Tensor   # float64 [1, o, 1, 1]: S_c
+    const: torch.Tensor   # float64 [1, o, 1, 1]: C_c
+    top: int              # 2^P - 1
+    table: torch.Tensor   # float32 [2^P]
+
+    @classmethod
+    def of(cls, ep: LayerEpilogue, centre: torch.Tensor, values_bound: int) -> "FloatEpilogue | None":
+        """For ``ep`` on ``values = acc - centre`` with ``|values| <= values_bound`` per channel (int64 [o]
+        or an int); None when some intermediate could reach 2^53 (the caller keeps the int64 epilogue)."""
+        lo = ep.fmt.pre_range[0]
+        scales, consts = [], []
+        bounds = values_bound.tolist() if isinstance(values_bound, torch.Tensor) else [values_bound] * ep.channels
+        for k, c, m, r, vb in zip(ep.offset.tolist(), centre.tolist(), ep.multiplier.tolist(), ep.shift.tolist(),
+                                  bounds):
+            numer = (k + c) * m + ((1 << (r - 1)) if r else 0) - (lo << r)
+            if vb * m + abs(numer) >= 1 << 53:
+                return None
+            scales.append(m * 2.0 ** -r)
+            consts.append(numer * 2.0 ** -r)
+        view = (1, -1, 1, 1)
+        return cls(torch.tensor(scales, dtype=torch.float64).view(view),
+                   torch.tensor(consts, dtype=torch.float64).view(view), ep.fmt.lut_entries - 1,
+                   ep.table.to(torch.float32))
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        """Output codes (float32) of ``values`` (integer-valued float32 or float64 [n, o, h, w])."""
+        index = torch.addcmul(self.const, values, self.scale).floor_().clamp_(0, self.top)
+        return self.table.take(index.to(torch.int64))
+
+
 def superset_epilogue_format(formats: list[EpilogueFormat]) -> EpilogueFormat:
     """One format wide enough for every given layer's epilogue (each width an upper bound), as
     :func:`~sw.intref.contract.superset_format` is for the PE."""

@@ -36,7 +36,7 @@ from ..errors import QuantizationError
 from ..quant.model import QuantizedModel
 from .calibrate import TensorCalibration
 from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS, ActQuant, LayerContract
-from .epilogue import DEFAULT_MULTIPLIER_BITS, LayerEpilogue, derive_epilogue, epilogue_offsets
+from .epilogue import DEFAULT_MULTIPLIER_BITS, FloatEpilogue, LayerEpilogue, derive_epilogue, epilogue_offsets
 from .graph import INPUT, AddNode, ConcatNode, ConvNode, Graph
 from .network import IntegerConv2d, layer_contracts
 from .residual import ResidualAdd
@@ -65,6 +65,16 @@ class IntLayer:
     pe: IntegerConv2d | None = None
     epilogue: LayerEpilogue | None = None
     head: HeadDequant | None = None
+    fast: FloatEpilogue | None = None          # the epilogue in float64, to the bit (None: int64 only)
+    head_offset: torch.Tensor | None = None    # float64 [1, o, 1, 1]: a head's K_c + z_a sum(W)
+
+    def plan_fast(self) -> None:
+        """Derive :attr:`fast` and :attr:`head_offset` (once ``pe`` and ``epilogue`` or ``head`` are set)."""
+        if self.head is not None:
+            self.head_offset = (self.head.offset + self.pe.zero_point_term).double().view(1, -1, 1, 1)
+        elif self.epilogue is not None:
+            bound = self.pe.weight_int.abs().sum((1, 2, 3)) * self.pe.conv.act_max  # |centred conv| per channel
+            self.fast = FloatEpilogue.of(self.epilogue, self.pe.zero_point_term, bound)
 
     @property
     def float_island(self) -> bool:
@@ -83,11 +93,31 @@ class IntLayer:
         return self.head.values(acc) if self.is_head else self.epilogue.apply(acc)
 
     def run_float_island(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (float32), or a head's values (float64)."""
         x = self.act_in.dequantize(codes).float()
         y = self.node.pre_float(x)
         if self.is_head:
             return y.double()
-        return self.out.quantize(self.node.act(y)).to(torch.int64)
+        return self.out.quantize(self.node.act(y)).float()
+
+    def run(self, codes: torch.Tensor) -> torch.Tensor:
+        """This conv's output codes (float32) from input codes held in a float32 tensor, or a head's values
+        (float64): equal to :meth:`finish` of :meth:`accumulate`, without int64 tensors. The conv of the
+        centred codes ``x - z_a`` (float32, exact: |x - z_a| < 2^A) is ``acc - z_a sum(W)``, exact
+        (:class:`~sw.intref.conv.ExactConv`); the epilogue takes it in float64 (:class:`FloatEpilogue`); a
+        head adds ``K_c + z_a sum(W)`` (integers: the sum is the int64 one's, rounded to float64 as
+        :meth:`HeadDequant.values` rounds it) and scales. Layers whose bounds do not allow it take the int64
+        path."""
+        if self.float_island:
+            return self.run_float_island(codes)
+        pe = self.pe
+        if pe.conv.exact_double and (self.head_offset is not None or self.fast is not None):
+            values = pe.conv.values(codes - pe.act.zero_point, pe.stride, pe.padding)
+            if self.head_offset is not None:
+                return (values + self.head_offset) * self.head.scale.view(1, -1, 1, 1)
+            return self.fast.apply(values)
+        out = self.finish(self.accumulate(codes))
+        return out if self.is_head else out.float()
 
 
 @dataclass
@@ -156,34 +186,42 @@ class IntegerNetwork(nn.Module):
                     layer.epilogue = derive_epilogue(contract, layer.act_in, bias,
                                                      calibration.pre_scales[node.name], layer.out,
                                                      node.activation, multiplier_bits, pre_bits, channel_scale)
+                layer.plan_fast()
             self.layers[node.name] = layer
 
     # ---- running -----------------------------------------------------------------------------------------
     def _run(self, x: torch.Tensor, on_conv=None, until: set[str] | None = None) -> dict[str, torch.Tensor]:
-        """Execute the graph on float images ``x``; ``on_conv(layer, codes_in, acc, out)`` sees each conv.
-        Returns the tensors (codes; head outputs as float64 values). With ``until``, stop once those convs ran."""
-        env = {INPUT: self.quant[INPUT].quantize(x).to(torch.int64)}
+        """Execute the graph on float images ``x``. Codes travel in float32 tensors (integers below 2^A:
+        exact; concat, max pool and nearest upsample only move them), head outputs as float64 values. Each conv
+        runs :meth:`IntLayer.run`; with ``on_conv(layer, codes_in, acc, out)`` it runs the int64 definition
+        instead (:meth:`IntLayer.accumulate`, :meth:`IntLayer.finish`) and shows the callback int64 codes and
+        accumulators. With ``until``, stop once those convs ran."""
+        env = {INPUT: self.quant[INPUT].quantize(x).float()}
         pending = set(until) if until else None
         for node in self.graph.nodes:
             if isinstance(node, ConvNode):
                 layer = self.layers.get(node.name)
                 if layer is None:
                     raise QuantizationError(f"{node.name}: not calibrated (a partial calibration stopped before it)")
-                if layer.float_island:
-                    acc, out = None, layer.run_float_island(env[node.src])
+                if on_conv is None:
+                    out = layer.run(env[node.src])
                 else:
-                    acc = layer.accumulate(env[node.src])
-                    out = layer.finish(acc)
-                if on_conv is not None:
-                    on_conv(layer, env[node.src], acc, out)
+                    codes = env[node.src].to(torch.int64)
+                    if layer.float_island:
+                        acc, out = None, layer.run_float_island(codes)
+                    else:
+                        acc = layer.accumulate(codes)
+                        out = layer.finish(acc)
+                    on_conv(layer, codes, acc, out)
+                    out = out if layer.is_head or layer.float_island else out.float()
                 if pending is not None:
                     pending.discard(node.name)
             elif isinstance(node, AddNode):
-                out = self.adds[node.dst].apply(*(env[s] for s in node.srcs))
+                out = self.adds[node.dst].apply_float(*(env[s] for s in node.srcs))
             elif isinstance(node, ConcatNode):
                 out = torch.cat([env[s] for s in node.srcs], 1)
-            else:  # max pool, upsample: on codes (float64 holds them exactly; max_pool2d has no int64 kernel)
-                out = node.apply(env[node.src].double()).to(torch.int64)
+            else:  # max pool, upsample: on codes
+                out = node.apply(env[node.src])
             env[node.dst] = out
             if pending is not None and not pending:
                 break
@@ -191,7 +229,8 @@ class IntegerNetwork(nn.Module):
 
     def tensors(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every tensor of the network on images ``x``: int64 codes by tensor id, head outputs as float64."""
-        return self._run(x)
+        heads = set(self.graph.heads)
+        return {t: v if t in heads else v.to(torch.int64) for t, v in self._run(x).items()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         env = self._run(x)

@@ -58,3 +58,27 @@ class ResidualAdd:
             total = (total + (1 << (self.shift - 1))) >> self.shift
         fmt = ActFormat(self.out.bits)
         return (total + self.out.zero_point).clamp_(fmt.qmin, fmt.qmax)
+
+    def apply_float(self, *codes: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` on codes held in float tensors (integer-valued), equal to it code for code; float32
+        out. Exact in float64: with ``total = sum_i (x_i - z_i) M_i``, it computes
+        ``floor(sum_i x_i (M_i 2^-R) + (2^(R-1) - sum_i z_i M_i + z_o 2^R) 2^-R)``, each term and every partial
+        sum an integer below 2^53 (checked: ``sum_i M_i 2^(A-1) + |2^(R-1) - sum_i z_i M_i + z_o 2^R|``, else the
+        int64 :meth:`apply`) times the power of two 2^-R, so nothing rounds; ``floor`` is the arithmetic shift,
+        and adding the integer z_o inside it is adding it after."""
+        if len(codes) != len(self.inputs):
+            raise QuantizationError(f"{self.name}: {len(codes)} inputs, the add has {len(self.inputs)}")
+        half = (1 << (self.shift - 1)) if self.shift else 0
+        numer = half - sum(q.zero_point * m for q, m in zip(self.inputs, self.multipliers)) \
+            + (self.out.zero_point << self.shift)
+        reach = sum(m << (q.bits - 1) for q, m in zip(self.inputs, self.multipliers)) + abs(numer)
+        if reach >= 1 << 53:
+            return self.apply(*(c.to(torch.int64) for c in codes)).float()
+        unit = 2.0 ** -self.shift
+        total = torch.add(torch.tensor([numer * unit], dtype=torch.float64), codes[0],
+                          alpha=self.multipliers[0] * unit)  # float64: a 1-d operand takes part in promotion
+        for c, m in zip(codes[1:], self.multipliers[1:]):
+            total.add_(c, alpha=m * unit)
+        fmt = ActFormat(self.out.bits)
+        return total.floor_().clamp_(fmt.qmin, fmt.qmax).float()
+
