@@ -281,8 +281,9 @@ class FloatEpilogue:
     bound ``max_c (||W_c||_1 a M_c + |K'_c M_c + h_c - lo 2^R_c|)`` over the conv's input range and refuses
     otherwise), so each, times the power of two ``2^-R_c``, is a float64 value: the product, the sum and their
     fused form round nothing, and ``floor`` of the exact quotient is the arithmetic shift. Clamping the
-    floor to ``[0, 2^P - 1]`` is clamping ``p`` to the pre-activation range (shifted by ``-lo``), and the
-    table (float32 holding the A-bit codes, exact) is read at that index.
+    floor to ``[0, 2^P - 1]`` is clamping ``p`` to the pre-activation range (shifted by ``-lo``); it is taken
+    as clamp then truncation to int64, the same integers. The table (float32 holding the A-bit codes, exact)
+    is read at that index.
     """
 
     scale: torch.Tensor   # float64 [1, o, 1, 1]: S_c
@@ -311,7 +312,8 @@ class FloatEpilogue:
 
     def apply(self, values: torch.Tensor) -> torch.Tensor:
         """Output codes (float32) of ``values`` (integer-valued float32 or float64 [n, o, h, w])."""
-        index = torch.addcmul(self.const, values, self.scale).floor_().clamp_(0, self.top)
+        # clamp, then truncate: on [0, top] truncation is floor, and floor commutes with clamping to integers
+        index = torch.addcmul(self.const, values, self.scale).clamp_(0, self.top)
         return self.table.take(index.to(torch.int64))
 
 
