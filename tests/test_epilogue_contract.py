@@ -9,7 +9,7 @@ import torch
 
 from sw.errors import QuantizationError
 from sw.intref.contract import ActQuant, signed_bits_for
-from sw.intref.epilogue import (EpilogueFormat, LayerEpilogue, activation_table, multiplier_and_shift, requantize,
+from sw.intref.epilogue import (EpilogueFormat, FloatEpilogue, LayerEpilogue, activation_table, multiplier_and_shift, requantize,
                                 superset_epilogue_format)
 
 
@@ -105,6 +105,46 @@ def test_apply_goes_through_the_table():
     acc = torch.tensor([[[5]], [[5]]]).view(1, 2, 1, 1)
     pre = [python_epilogue(5, 0, 1, 0, 5), python_epilogue(5, 10, 1, 1, 5)]
     assert ep.apply(acc).flatten().tolist() == [int(table[p + 16]) for p in pre]
+
+
+def _one_per_channel(fmt, cases, seed=0):
+    """A LayerEpilogue with one channel per (acc, offset, multiplier, shift) case and a random table."""
+    g = torch.Generator().manual_seed(seed)
+    acc, off, mult, sh = (torch.tensor(v, dtype=torch.int64) for v in zip(*cases))
+    table = torch.randint(fmt.out_range[0], fmt.out_range[1] + 1, (fmt.lut_entries,), generator=g)
+    return LayerEpilogue("x", fmt, off, mult, sh, table), acc.view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=str)
+def test_float_epilogue_equals_the_int64_epilogue(fmt):
+    """FloatEpilogue (float64) gives LayerEpilogue.apply's codes at the format's corners, at exact ties and at
+    random, for accumulators handed over less a per-channel centre."""
+    rng = random.Random(8)
+    top_shift = min(fmt.max_shift, 53 - fmt.pre_bits - 1)  # larger shifts leave the float64 bound: refused
+    cases = [(c["acc"], c["offset"], c["multiplier"], min(c["shift"], top_shift)) for c in fmt.corners()]
+    cases += [(rng.randint(*fmt.acc_range), rng.randint(*fmt.offset_range), rng.randint(*fmt.multiplier_range),
+               rng.randint(0, top_shift)) for _ in range(2000)]
+    cases += [(((2 * j + 1) << (r - 1)), 0, 1, r) for r in range(1, 6) for j in range(-4, 4)]  # ties
+    ep, acc = _one_per_channel(fmt, cases)
+    for centre in (torch.zeros(len(cases), dtype=torch.int64), acc.flatten() // 3):
+        values = acc - centre.view(1, -1, 1, 1)
+        fast = FloatEpilogue.of(ep, centre, values.abs().flatten())
+        assert torch.equal(fast.apply(values.double()), ep.apply(acc).float())
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_float_epilogue_at_its_2_to_53_bound(shift):
+    """FloatEpilogue accepts values up to the last bound below 2^53, exactly, and refuses one more."""
+    fmt = EpilogueFormat(54, 2, 8, pre_bits=12, multiplier_bits=1)
+    lo = fmt.pre_range[0]
+    numer = ((1 << (shift - 1)) if shift else 0) - (lo << shift)  # K' M + half - lo 2^R with K' = 0, M = 1
+    edge = (1 << 53) - 1 - numer
+    ep, _ = _one_per_channel(fmt, [(0, 0, 1, shift)])
+    centre = torch.zeros(1, dtype=torch.int64)
+    assert FloatEpilogue.of(ep, centre, edge + 1) is None
+    fast = FloatEpilogue.of(ep, centre, edge)
+    acc = torch.tensor([-edge, -edge + 1, -4097, -1, 0, 1, 2047, 4095, edge - 1, edge]).view(1, 1, -1, 1)
+    assert torch.equal(fast.apply(acc.double()), ep.apply(acc).float())
 
 
 def test_superset_covers_each():

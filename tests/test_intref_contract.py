@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from sw.errors import QuantizationError
 from sw.intref.contract import ActQuant, LayerContract, scale_shift, signed_bits_for
-from sw.intref.conv import FLOAT64_EXACT, integer_conv2d, integer_conv2d_int64
+from sw.intref.conv import FLOAT32_EXACT, FLOAT64_EXACT, ExactConv, integer_conv2d, integer_conv2d_int64
 from sw.intref.network import IntegerConv2d
 from sw.quant.record import dequantize
 from sw.quant.quantizer import quantize_tensor
@@ -80,6 +80,54 @@ def test_integer_conv_splits_when_float64_would_round():
     x = torch.randint(-512, 512, (1, 8, 6, 6), generator=g).double()
     assert 72 * (1 << 40) * 512 > FLOAT64_EXACT  # the plain float64 path would not be exact
     assert torch.equal(integer_conv2d(x, w, 1, 1), integer_conv2d_int64(x, w, 1, 1))
+
+
+def _edge_weights(l1: int, shape=(2, 8, 3, 3), seed=3) -> torch.Tensor:
+    """Mixed-sign integer weights whose every filter has L1 norm exactly ``l1``."""
+    g = torch.Generator().manual_seed(seed)
+    fan = shape[1] * shape[2] * shape[3]
+    mag = torch.full(shape, l1 // fan, dtype=torch.int64).view(shape[0], -1)
+    mag[:, 0] += l1 - (l1 // fan) * fan
+    sign = torch.where(torch.rand(mag.shape, generator=g) < 0.5, -1, 1)
+    return (mag * sign).view(shape)
+
+
+@pytest.mark.parametrize("over", [0, 2])
+def test_float32_conv_at_its_bound(over):
+    """The float32 plan holds up to L1 * a = 2^24 - 1 exactly; just above (an odd sum, past 2^24) a single
+    float32 conv rounds, so the plan splits the weights into digits, still float32, still exact."""
+    a = 255
+    l1 = (FLOAT32_EXACT - 1) // a + over  # 65793 * 255 = 2^24 - 1
+    w = _edge_weights(l1)
+    conv = ExactConv(w, a)
+    assert conv.plan.dtype == torch.float32 and len(conv.plan.digits) == (2 if over else 1)
+    # the corner: every product at +|W| a, so the output is L1 * a (odd, and above 2^24 when over)
+    x = (torch.sign(w[0]) * a).double()[None]
+    corner = int(integer_conv2d_int64(x, w)[0, 0, 0, 0])
+    assert corner == l1 * a and (corner < FLOAT32_EXACT) == (not over)
+    assert int(conv.int64(x)[0, 0, 0, 0]) == corner and float(conv.double(x)[0, 0, 0, 0]) == corner
+    single = int(F.conv2d(x.float(), w.float())[0, 0, 0, 0])
+    assert (single == corner) == (not over)  # a single float32 conv is exact exactly up to the bound
+    # random inputs in [-a, a] with padding and strides equal the int64 reference
+    g = torch.Generator().manual_seed(4)
+    xr = torch.randint(-a, a + 1, (2, 8, 9, 7), generator=g).double()
+    for stride, padding in ((1, 1), (2, 1), (1, 0)):
+        assert torch.equal(conv.int64(xr, stride, padding), integer_conv2d_int64(xr, w, stride, padding))
+
+
+def test_exact_conv_falls_back_to_float64(monkeypatch):
+    """When float32 convs are not IEEE (TF32/bf16 asked for) or need too many digits, float64 digits."""
+    import sw.intref.conv as conv_mod
+
+    a = 255
+    w = _edge_weights((FLOAT32_EXACT - 1) // a)
+    x = torch.randint(-a, a + 1, (1, 8, 5, 5), generator=torch.Generator().manual_seed(5)).double()
+    monkeypatch.setattr(conv_mod, "float32_conv_is_ieee", lambda: False)
+    conv = ExactConv(w, a)
+    assert conv.plan.dtype == torch.float32 and conv._plan_for(x).dtype == torch.float64
+    assert torch.equal(conv.int64(x, 1, 1), integer_conv2d_int64(x, w, 1, 1))
+    wide = ExactConv(torch.full((1, 8, 3, 3), 1 << 30, dtype=torch.int64), a)  # > 3 float32 digits
+    assert wide.plan.dtype == torch.float64
 
 
 @pytest.mark.parametrize("method,bits,act_bits,scale_bits,shape", [

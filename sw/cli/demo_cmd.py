@@ -89,7 +89,8 @@ def run(args) -> int:
     result = validate(model, qm, coco, fmt, calib, {}, progress=True, hardware=hardware)
     write_json(out / "validate.json", result)
     _step(summary, "mAP", t0, f"FP {result['map50_fp']:.4f}, SW {result['map50_sw']:.4f}, "
-                              f"HW {result['map50_hw']:.4f} mAP@.5 (HW - SW {result['delta_map50']:+.4f})")
+                              f"HW {result['map50_hw']:.4f}, INT {result['map50_int']:.4f} mAP@.5 "
+                              f"(HW - SW {result['delta_map50']:+.4f}, INT - SW {result['delta_map50_int']:+.4f})")
 
     print("\n== yoloq demo summary ==")
     print(f"YOLOv5n (real weights), {result['images']} COCO val2017 images, 4-bit PWLQ mix3, A=8, F=16\n")

@@ -5,8 +5,9 @@ it into the A-bit codes the next layer consumes, in integers only, per output ch
 
 1. **Offset.** ``t = acc + K_c`` with ``K_c = B_c - z_a * sum(W_c)``: the activation zero-point's term (exact,
    a constant per channel) and the bias ``B_c = round(bias_c / (2^-E s_a))`` rounded to the accumulator's
-   scale. BatchNorm was folded into the conv's weights and bias before quantization, so its per-channel
-   scale is already in ``W`` and only this bias is left of it.
+   scale. BatchNorm folded into the conv's weights and bias before quantization leaves only this bias; a
+   BatchNorm kept apart (``derive_epilogue(channel_scale=...)``) also puts its per-channel scale into
+   ``M_c``, its shift, divided by that scale, into ``bias_c``.
 2. **Requantize.** ``p = sat_P(floor((t * M_c + 2^(R_c - 1)) / 2^R_c))`` (``2^(R_c-1)`` is 0 when ``R_c = 0``):
    an unsigned ``multiplier_bits`` mantissa ``M_c`` and a shift ``R_c`` stand for the real multiplier
    ``2^-E s_a / s_pre``; the rounding rule is round half up (add half, arithmetic shift right, as
@@ -266,6 +267,56 @@ class LayerEpilogue:
         return self.table[pre - self.fmt.pre_range[0]]
 
 
+@dataclass
+class FloatEpilogue:
+    """:meth:`LayerEpilogue.apply` evaluated in float64, equal to it output code for output code, on the conv's
+    accumulators less a per-channel constant (``acc = values + centre_c``; the integer network passes the
+    centred conv, ``centre = z_a sum(W)``); it returns the codes as a float32 tensor.
+
+    Why it is exact. With ``t = acc + K_c = values + K'_c`` (``K'_c = K_c + centre_c``), step 2 is
+    ``floor((t M_c + h_c) / 2^R_c)`` (``h_c`` the half). Here it is ``floor(values * S_c + C_c)`` with
+    ``S_c = M_c 2^-R_c`` and ``C_c = (K'_c M_c + h_c - lo 2^R_c) 2^-R_c`` (``lo`` the lowest pre-activation
+    code, folded in so that the result indexes the table directly). Each of ``values * M_c``,
+    ``K'_c M_c + h_c - lo 2^R_c`` and their sum is an integer below 2^53 in magnitude (:meth:`of` checks the
+    bound ``max_c (||W_c||_1 a M_c + |K'_c M_c + h_c - lo 2^R_c|)`` over the conv's input range and refuses
+    otherwise), so each, times the power of two ``2^-R_c``, is a float64 value: the product, the sum and their
+    fused form round nothing, and ``floor`` of the exact quotient is the arithmetic shift. Clamping the
+    floor to ``[0, 2^P - 1]`` is clamping ``p`` to the pre-activation range (shifted by ``-lo``); it is taken
+    as clamp then truncation to int64, the same integers. The table (float32 holding the A-bit codes, exact)
+    is read at that index.
+    """
+
+    scale: torch.Tensor   # float64 [1, o, 1, 1]: S_c
+    const: torch.Tensor   # float64 [1, o, 1, 1]: C_c
+    top: int              # 2^P - 1
+    table: torch.Tensor   # float32 [2^P]
+
+    @classmethod
+    def of(cls, ep: LayerEpilogue, centre: torch.Tensor, values_bound: int) -> "FloatEpilogue | None":
+        """For ``ep`` on ``values = acc - centre`` with ``|values| <= values_bound`` per channel (int64 [o]
+        or an int); None when some intermediate could reach 2^53 (the caller keeps the int64 epilogue)."""
+        lo = ep.fmt.pre_range[0]
+        scales, consts = [], []
+        bounds = values_bound.tolist() if isinstance(values_bound, torch.Tensor) else [values_bound] * ep.channels
+        for k, c, m, r, vb in zip(ep.offset.tolist(), centre.tolist(), ep.multiplier.tolist(), ep.shift.tolist(),
+                                  bounds):
+            numer = (k + c) * m + ((1 << (r - 1)) if r else 0) - (lo << r)
+            if vb * m + abs(numer) >= 1 << 53:
+                return None
+            scales.append(m * 2.0 ** -r)
+            consts.append(numer * 2.0 ** -r)
+        view = (1, -1, 1, 1)
+        return cls(torch.tensor(scales, dtype=torch.float64).view(view),
+                   torch.tensor(consts, dtype=torch.float64).view(view), ep.fmt.lut_entries - 1,
+                   ep.table.to(torch.float32))
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        """Output codes (float32) of ``values`` (integer-valued float32 or float64 [n, o, h, w])."""
+        # clamp, then truncate: on [0, top] truncation is floor, and floor commutes with clamping to integers
+        index = torch.addcmul(self.const, values, self.scale).clamp_(0, self.top)
+        return self.table.take(index.to(torch.int64))
+
+
 def superset_epilogue_format(formats: list[EpilogueFormat]) -> EpilogueFormat:
     """One format wide enough for every given layer's epilogue (each width an upper bound), as
     :func:`~sw.intref.contract.superset_format` is for the PE."""
@@ -276,23 +327,43 @@ def superset_epilogue_format(formats: list[EpilogueFormat]) -> EpilogueFormat:
                           max(f.multiplier_bits for f in formats), max(f.max_shift for f in formats))
 
 
-def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_scale: float, out: ActQuant,
-                    activation: str, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
-                    pre_bits: int = 0) -> LayerEpilogue:
-    """The epilogue of one quantized conv (a :class:`~sw.intref.contract.LayerContract` whose input codes use
-    ``act_in``): ``K_c`` from its bias and weight sums, ``M_c, R_c`` for ``2^-E s_a / pre_scale``, and the
-    table from ``pre_scale`` to the consumer's quantizer ``out``. ``offset_bits`` is the declared width of
-    the ``K_c`` it stores (the fewest bits that hold them)."""
-    if not (pre_scale > 0 and math.isfinite(pre_scale)):
-        raise QuantizationError(f"{contract.name}: pre-activation scale {pre_scale} is not a positive finite number")
+def epilogue_offsets(contract, act_in: ActQuant, bias: torch.Tensor | None) -> torch.Tensor:
+    """Step 1's ``K_c = B_c - z_a * sum(W_c)`` (int64 [o]), ``B_c`` the bias (in the conv output's units)
+    rounded to the accumulator's scale ``2^-E s_a``."""
     acc_lsb = 2.0 ** -contract.shift * act_in.scale
     channels = contract.shape[0]
     bias_int = torch.zeros(channels, dtype=torch.int64) if bias is None else \
         torch.round(bias.detach().double() / acc_lsb).to(torch.int64)
-    offset = bias_int - act_in.zero_point * contract.weight_int().sum((1, 2, 3))
+    return bias_int - act_in.zero_point * contract.weight_int().sum((1, 2, 3))
+
+
+def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_scale: float, out: ActQuant,
+                    activation: str, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
+                    pre_bits: int = 0, channel_scale: torch.Tensor | None = None) -> LayerEpilogue:
+    """The epilogue of one quantized conv (a :class:`~sw.intref.contract.LayerContract` whose input codes use
+    ``act_in``): ``K_c`` from its bias and weight sums, ``M_c, R_c`` for ``2^-E s_a / pre_scale``, and the
+    table from ``pre_scale`` to the consumer's quantizer ``out``. ``offset_bits`` is the declared width of
+    the ``K_c`` it stores (the fewest bits that hold them).
+
+    ``channel_scale`` (float [o], each > 0): a per-channel factor between the conv and its activation, the
+    scale of a BatchNorm kept separate from the quantized weights: ``pre = channel_scale_c * (conv_c + bias_c)``
+    (``bias`` then includes the BatchNorm's shift divided by ``channel_scale``); each channel then gets its own
+    ``M_c, R_c`` for ``channel_scale_c 2^-E s_a / pre_scale``. Without it every channel shares one."""
+    if not (pre_scale > 0 and math.isfinite(pre_scale)):
+        raise QuantizationError(f"{contract.name}: pre-activation scale {pre_scale} is not a positive finite number")
+    acc_lsb = 2.0 ** -contract.shift * act_in.scale
+    channels = contract.shape[0]
+    if channel_scale is not None and not bool(((channel_scale > 0) & torch.isfinite(channel_scale)).all()):
+        bad = int(torch.nonzero(~((channel_scale > 0) & torch.isfinite(channel_scale)))[0])
+        raise QuantizationError(f"{contract.name}: channel {bad}'s scale {float(channel_scale[bad]):.3g} is not "
+                                f"positive; an unsigned multiplier cannot hold it (fold BatchNorm into the "
+                                f"weights before quantizing: --fold-bn)")
+    offset = epilogue_offsets(contract, act_in, bias)
     fmt = EpilogueFormat(contract.fmt.acc_bits, signed_bits_for(int(offset.min()), int(offset.max())), out.bits,
                          pre_bits, multiplier_bits)
-    m, r = multiplier_and_shift(acc_lsb / pre_scale, fmt)
-    return LayerEpilogue(contract.name, fmt, offset, torch.full((channels,), m, dtype=torch.int64),
-                         torch.full((channels,), r, dtype=torch.int64),
+    reals = [acc_lsb / pre_scale] * channels if channel_scale is None else \
+        [float(c) * acc_lsb / pre_scale for c in channel_scale.detach().double()]
+    pairs = [multiplier_and_shift(r, fmt) for r in reals]
+    return LayerEpilogue(contract.name, fmt, offset, torch.tensor([m for m, _ in pairs], dtype=torch.int64),
+                         torch.tensor([r for _, r in pairs], dtype=torch.int64),
                          activation_table(activation, pre_scale, out, fmt), activation, pre_scale, out)

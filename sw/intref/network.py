@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from ..quant.model import QuantizedModel
-import torch.nn.functional as F
 
 from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS, ActQuant, LayerContract
-from .conv import integer_conv2d
+from .conv import ExactConv
 
 
 class IntegerConv2d(nn.Module):
@@ -36,32 +35,41 @@ class IntegerConv2d(nn.Module):
         self.act = act
         self.stride, self.padding = conv.stride[0], conv.padding[0]
         self.register_buffer("weight_int", contract.weight_int())
-        self.register_buffer("weight_double", self.weight_int.double())  # kept: converted once, not per forward
         # z_a * sum(W) per output channel: what the activation zero-point adds to each accumulator
         self.register_buffer("zero_point_term", act.zero_point * self.weight_int.sum((1, 2, 3)))
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
         # 2^-E s_a as one factor: scaling by a power of two is exact, so c * (2^-E s_a) == (c * 2^-E) * s_a
         self.out_scale = 2.0 ** -contract.shift * act.scale
+        # the conv of the centred codes x - z_a, |x - z_a| <= max(z_a - qmin, qmax - z_a): planned once
+        lo, hi = contract.fmt.act_range
+        self.conv = ExactConv(self.weight_int, max(act.zero_point - lo, hi - act.zero_point))
         self.last_acc: torch.Tensor | None = None  # kept only when ``keep_acc`` is set (tests, co-simulation)
         self.keep_acc = False
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The PE's accumulators (int64 [n, o, h, w]) for float input ``x``: padding is the code z_a."""
-        x_int = self.act.quantize(x)
-        if self.padding:
-            x_int = F.pad(x_int, [self.padding] * 4, value=float(self.act.zero_point))
-        lo, hi = self.contract.fmt.act_range
-        return integer_conv2d(x_int, self.weight_int, self.stride, 0, act_max=max(-lo, hi),
-                              w_double=self.weight_double)
+        return self.accumulate_codes(self.act.quantize(x))
+
+    def accumulate_codes(self, x_int: torch.Tensor) -> torch.Tensor:
+        """The PE's accumulators (int64 [n, o, h, w]) for input codes ``x_int`` (integer-valued, any dtype):
+        the conv's zero padding is the code z_a. Computed as :meth:`centred_codes` plus ``z_a sum(W)``: the
+        same integers (padding with z_a adds exactly the z_a sum(W) that the centred conv leaves out)."""
+        centred = self.conv.int64(x_int.double() - self.act.zero_point, self.stride, self.padding)
+        return centred + self.zero_point_term.view(1, -1, 1, 1)
+
+    def centred_codes(self, x_centred: torch.Tensor) -> torch.Tensor:
+        """``accumulate - z_a sum(W)`` (float64, exact below 2^53) of centred codes ``x - z_a``: the conv
+        with zero padding."""
+        return self.conv.double(x_centred, self.stride, self.padding)
 
     def centred(self, x: torch.Tensor) -> torch.Tensor:
-        """``accumulate(x) - z_a sum(W)``, as float64 (:func:`integer_conv2d`'s ``as_double``), computed as the
-        conv of the centred codes x - z_a with zero padding: the same integers (padding with z_a adds exactly
-        the z_a sum(W) that is then taken away), without padding a copy or converting to int64 and back."""
-        x_centred = self.act.quantize(x).sub_(self.act.zero_point)
+        """``accumulate(x) - z_a sum(W)`` (float64) of float input ``x``. The codes are quantized straight to
+        ``x - z_a``: ``clamp(round(x / s_a), qmin - z_a, qmax - z_a)`` is ``clamp(round(x / s_a) + z_a, qmin,
+        qmax) - z_a`` (integers; adding z_a commutes with the clamp)."""
         lo, hi = self.contract.fmt.act_range
-        return integer_conv2d(x_centred, self.weight_int, self.stride, self.padding, act_max=hi - lo,
-                              w_double=self.weight_double, as_double=True)
+        z = self.act.zero_point
+        x_centred = torch.round(x.double() / self.act.scale).clamp_(lo - z, hi - z)
+        return self.centred_codes(x_centred)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.keep_acc:  # the accumulators themselves, as the PE computes them
