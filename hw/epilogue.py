@@ -229,8 +229,9 @@ class Epilogue(wiring.Component):
         shift = delay(shift, cfg.multiply_stages, "shift_m")
 
         # x >> (R - 1) (R = 0: x itself), arithmetic, one barrel level per bit of the shift
-        passthrough = reg(shift == 0, "passthrough")
-        amount = reg(Mux(shift == 0, 0, shift - 1)[:fmt.shift_bits], "amount")
+        shifting = shift.any()  # (not ``shift == 0``, which Amaranth writes as a multi-bit logical not)
+        passthrough = reg(~shifting, "passthrough")
+        amount = reg(Mux(shifting, shift - 1, 0)[:fmt.shift_bits], "amount")
         shifted = reg(product, "barrel_in")
         for i in range(fmt.shift_bits):
             shifted = Mux(amount[i], shifted >> (1 << i), shifted)
