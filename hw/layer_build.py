@@ -15,6 +15,8 @@ content):
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -28,13 +30,24 @@ from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout
 from sw.quant.accounting import quantized_storage
 
-from .build import storage_report
+from .build import generator_digest, storage_report
 from .config import PEConfig
 from .epilogue import EpilogueConfig
 from .layer_unit import LayerUnit, LayerUnitConfig
 from .pe import verilog_ports
 
 UNITS = ("pe", "layer")  # what `yoloq hw build --unit` can write
+# The modules that, beside the PE's (hw.build.GENERATOR_MODULES), decide a layer unit's Verilog.
+UNIT_MODULES = ("hw.epilogue", "hw.layer_unit", "sw.intref.epilogue")
+
+
+def unit_generator_digest() -> str:
+    """:func:`hw.build.generator_digest` extended by the epilogue's and layer unit's sources: what caches of
+    synthesised layer units key on."""
+    h = hashlib.sha256(generator_digest().encode())
+    for name in UNIT_MODULES:
+        h.update(name.encode() + Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def unit_module_name(layer: str) -> str:

@@ -37,3 +37,20 @@ def test_synth_cli_rejects_bad_requests(tmp_path, capsys):
     assert "--lanes must be from 1 to 256" in capsys.readouterr().err
     assert main(["hw", "synth-table", "--lanes", "x", "-o", str(tmp_path)]) == 2
     assert "--lanes: expected comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_layer_unit_synthesises_beside_its_pe(tmp_path):
+    """The layer unit (PE + epilogue) synthesises; it costs more than its PE and its table and parameter memory
+    are memories, not logic."""
+    from hw.epilogue import EpilogueConfig
+    from hw.layer_unit import LayerUnitConfig
+    from hw.synth_configs import model_epilogue_format, write_layer_unit
+
+    unit = LayerUnitConfig(SMALL, EpilogueConfig(model_epilogue_format(SMALL), 64))
+    v_pe, _ = write_pe(SMALL, "pe_small", tmp_path)
+    v_unit, _ = write_layer_unit(unit, "unit_small", tmp_path)
+    pe = synthesize(v_pe, "pe_small", "generic", tmp_path / "pe")
+    both = synthesize(v_unit, "unit_small", "generic", tmp_path / "unit")
+    assert both.lut4 > pe.lut4 and both.ff > pe.ff
+    assert both.bram >= pe.bram + 2  # the epilogue's parameter memory and its activation table
