@@ -40,17 +40,15 @@ def test_synth_cli_rejects_bad_requests(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_layer_unit_synthesises_beside_its_pe(tmp_path):
-    """The layer unit (PE + epilogue) synthesises; it costs more than its PE and its table and parameter memory
-    are memories, not logic."""
+def test_layer_unit_places_and_routes_with_its_memories_in_block_ram(tmp_path):
+    """The layer unit (PE + epilogue) places and routes on ECP5; the PE's and the epilogue's parameter memories
+    and the activation table (2^12 x 8 bits: two DP16KD) are block RAMs, not logic."""
     from hw.epilogue import EpilogueConfig
     from hw.layer_unit import LayerUnitConfig
     from hw.synth_configs import model_epilogue_format, write_layer_unit
 
     unit = LayerUnitConfig(SMALL, EpilogueConfig(model_epilogue_format(SMALL), 64))
-    v_pe, _ = write_pe(SMALL, "pe_small", tmp_path)
-    v_unit, _ = write_layer_unit(unit, "unit_small", tmp_path)
-    pe = synthesize(v_pe, "pe_small", "generic", tmp_path / "pe")
-    both = synthesize(v_unit, "unit_small", "generic", tmp_path / "unit")
-    assert both.lut4 > pe.lut4 and both.ff > pe.ff
-    assert both.bram >= pe.bram + 2  # the epilogue's parameter memory and its activation table
+    verilog, _ = write_layer_unit(unit, "unit_small", tmp_path, memory="ecp5")
+    r = synthesize(verilog, "unit_small", "ecp5", tmp_path / "ecp5")
+    assert r.bram >= 4 and r.dsp == 0 and r.ff < 20000
+    assert 50 < r.fmax_mhz < 500
