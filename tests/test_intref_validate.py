@@ -13,12 +13,18 @@ def test_hw_validate_cli_writes_the_keys(yolov5n_path, coco_root, tmp_path):
     out = tmp_path / "v.json"
     assert main(["hw", "validate", "--weights", str(yolov5n_path), "--coco", str(coco_root), "--limit", "3",
                  "--calib-images", "4", "--method", "pwlq", "--bits", "4", "--granularity", "cshape",
-                 "--json", str(out), "--quiet"]) == 0
+                 "--json", str(out), "--report", str(tmp_path / "report"), "--quiet"]) == 0
     r = json.loads(out.read_text())
-    for key in ("map50_sw", "map50_hw", "map50_95_sw", "map50_95_hw", "delta_map50", "map50_fp"):
+    for key in ("map50_sw", "map50_hw", "map50_95_sw", "map50_95_hw", "delta_map50", "map50_fp", "map50_int",
+                "map50_95_int", "delta_map50_int"):
         assert isinstance(r[key], float)
     assert r["delta_map50"] == r["map50_hw"] - r["map50_sw"]
+    assert r["delta_map50_int"] == r["map50_int"] - r["map50_sw"]
     assert len(r["layers"]) == 60 and all(layer["layer_sqnr_db"] > 15 for layer in r["layers"])
+    # the integer network's tensors track the float ones, layer by layer
+    assert all(layer["int_layer_sqnr_db"] > 10 for layer in r["layers"])
+    report = (tmp_path / "report" / "layers.md").read_text()
+    assert all(f"| {layer['name']} |" in report for layer in r["layers"])
     assert all(layer["acc_bits"] <= 53 for layer in r["layers"])
 
 

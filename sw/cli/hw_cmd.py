@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..atomic import write_json
+from ..atomic import write_json, write_text
 from ..errors import QuantizationError
 from ..intref.bounds import ACT_BITS_RANGE, SCALE_BITS_RANGE
 from . import hw_synth_cmd
@@ -33,14 +33,19 @@ def add_parser(sub) -> None:
     p = sub.add_parser("hw", help="hardware: validate the integer contract's mAP, build and check the PE",
                        description="Hardware-side commands.")
     hw = p.add_subparsers(dest="hw_command", required=True, metavar="HW_COMMAND")
-    v = hw.add_parser("validate", help="mAP of hardware-exact inference against fake-quant software",
-                      description="Quantize, calibrate activation scales, and evaluate the FP model, the "
-                                  "fake-quantized model (SW) and the hardware-exact model (HW: every quantized "
-                                  "conv computed per the integer contract) on the same images. --scale-bits "
-                                  "sets the contract's scale mantissa width F.")
+    v = hw.add_parser("validate", help="mAP of hardware-exact and integer-only inference against fake-quant",
+                      description="Quantize, calibrate one activation quantizer per tensor, and evaluate the FP "
+                                  "model, the fake-quantized model (SW), the MAC-exact model (HW: every "
+                                  "quantized conv's accumulators per the integer contract, the epilogue in "
+                                  "float) and the integer-only network (INT: integer codes between all layers, "
+                                  "integer epilogues, only the Detect convs dequantized) on the same images, in "
+                                  "one pass. --scale-bits sets the contract's scale mantissa width F.")
     v.add_argument("--weights", required=True, help="checkpoint to quantize (official .pt or state_dict)")
-    v.add_argument("--json", metavar="OUT", help="write map50_sw, map50_hw, map50_95_sw, map50_95_hw, delta_map50, "
-                                                 "per-layer SQNR and the FP baseline as JSON")
+    v.add_argument("--json", metavar="OUT", help="write map50_sw, map50_hw, map50_int, map50_95_int, delta_map50, "
+                                                 "delta_map50_int (INT - SW), per-layer SQNR and the FP "
+                                                 "baseline as JSON")
+    v.add_argument("--report", metavar="DIR", help="write DIR/validate.json and DIR/layers.md (the per-layer "
+                                                   "SQNR table of the HW and INT models)")
     v.add_argument("--quiet", action="store_true")
     add_quant_args(v, calib=False)
     _add_hw_format_args(v)
@@ -136,6 +141,29 @@ def _format_row(label: str, r: dict) -> str:
     return f"| {label} | {r['precision']:.3f} | {r['recall']:.3f} | {r['map50']:.4f} | {r['map50_95']:.4f} |"
 
 
+def _db(x: float) -> str:
+    return f"{x:.1f}" if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+
+
+def layers_table(result: dict) -> str:
+    """The per-layer SQNR table (Markdown) of a :func:`~sw.intref.validate.validate` result."""
+    head = ("| layer | shape | granularity | HW layer | INT layer | HW act layer | epilogue cost | HW network | "
+            "INT network |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+    return head + "".join(
+        f"| {r['name']} | {'x'.join(map(str, r['shape']))} | {r['granularity']} | {_db(r['layer_sqnr_db'])} | "
+        f"{_db(r['int_layer_sqnr_db'])} | {_db(r['hw_act_layer_sqnr_db'])} | {_db(r['epilogue_cost_db'])} | "
+        f"{_db(r['network_sqnr_db'])} | {_db(r['int_network_sqnr_db'])} |\n" for r in result["layers"])
+
+
+LAYERS_LEGEND = """SQNR in dB against the fake-quantized (SW) network, on the first evaluation image. "layer": the layer
+alone, fed the SW network's own input; "network": both networks end to end. HW layer / network: the MAC-exact
+conv's output before BatchNorm and activation (today's model); INT: the integer network's output tensor
+(dequantized codes after the integer epilogue; Detect convs: dequantized accumulators); HW act layer: the
+MAC-exact conv with the float epilogue, after BatchNorm and activation, the same point as INT layer; epilogue
+cost = HW act layer - INT layer: what the integer epilogue and the A-bit output codes cost this layer.
+"""
+
+
 def run_validate(args) -> int:
     from ..checkpoint import load_model
     from ..eval.coco import load_coco
@@ -144,25 +172,34 @@ def run_validate(args) -> int:
 
     spec = spec_from_args(args)
     check_output_file(args.json, "--json")
+    if args.report:
+        check_output_dir(args.report, "--report")
     loaded = load_model(args.weights)
     coco = load_coco(coco_root(args), limit=args.limit)
     qm = quantize_model(loaded.model, spec, progress=not args.quiet, calib_dir=calib_dir(args))
     fmt = HardwareFormat(args.act_bits, args.scale_bits, args.calib_images)
     result = validate(loaded.model, qm, coco, fmt, calib_dir(args), eval_kwargs(args), progress=not args.quiet)
     ev = result["evaluations"]
-    print(f"{spec.method} {spec.bits}-bit {spec.granularity}; A={fmt.act_bits}, F={fmt.scale_bits}; "
-          f"{result['images']} images\n")
-    print("| model | P | R | mAP@.5 | mAP@.5:.95 |\n|---|---:|---:|---:|---:|")
-    print(_format_row("FP", ev["fp"]))
-    print(_format_row("SW (fake-quant)", ev["sw"]))
-    print(_format_row("HW (integer contract)", ev["hw"]))
-    print(f"\ndelta mAP@.5 (HW - SW) = {result['delta_map50']:+.4f}; "
-          f"delta mAP@.5:.95 = {result['delta_map50_95']:+.4f}; {result['seconds']} s")
-    worst = sorted(result["layers"], key=lambda r: r["layer_sqnr_db"])[:5]
-    print("\nlowest per-layer SQNR (this layer's own integer error, dB; whole network, dB):")
+    title = (f"{spec.method} {spec.bits}-bit {spec.granularity}; A={fmt.act_bits}, F={fmt.scale_bits}; "
+             f"{result['images']} images")
+    summary = (f"| model | P | R | mAP@.5 | mAP@.5:.95 |\n|---|---:|---:|---:|---:|\n{_format_row('FP', ev['fp'])}\n"
+               f"{_format_row('SW (fake-quant)', ev['sw'])}\n{_format_row('HW (MAC-exact, float epilogue)', ev['hw'])}\n"
+               f"{_format_row('INT (integer-only)', ev['int'])}\n")
+    print(f"{title}\n\n{summary}")
+    print(f"delta mAP@.5 (HW - SW) = {result['delta_map50']:+.4f}; delta mAP@.5:.95 = {result['delta_map50_95']:+.4f}")
+    print(f"delta mAP@.5 (INT - SW) = {result['delta_map50_int']:+.4f}; "
+          f"delta mAP@.5:.95 = {result['delta_map50_95_int']:+.4f}; {result['seconds']} s")
+    worst = sorted(result["layers"], key=lambda r: r["int_layer_sqnr_db"])[:5]
+    print("\nlowest per-layer SQNR of the integer network (this layer alone, dB; whole network, dB; epilogue cost, dB):")
     for r in worst:
-        net = r["network_sqnr_db"]
-        print(f"  {r['name']:<24} {r['layer_sqnr_db']:6.1f}  {net if math.isinf(net) else round(net, 1)}")
+        print(f"  {r['name']:<24} {_db(r['int_layer_sqnr_db']):>6}  {_db(r['int_network_sqnr_db']):>6}  "
+              f"{_db(r['epilogue_cost_db']):>5}")
     if args.json:
         write_json(args.json, result)
+    if args.report:
+        out = Path(args.report)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "validate.json", result)
+        write_text(out / "layers.md", f"# Per-layer SQNR: {title}\n\n{summary}\n{LAYERS_LEGEND}\n"
+                                      f"{layers_table(result)}")
     return 0

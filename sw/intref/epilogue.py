@@ -276,23 +276,43 @@ def superset_epilogue_format(formats: list[EpilogueFormat]) -> EpilogueFormat:
                           max(f.multiplier_bits for f in formats), max(f.max_shift for f in formats))
 
 
-def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_scale: float, out: ActQuant,
-                    activation: str, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
-                    pre_bits: int = 0) -> LayerEpilogue:
-    """The epilogue of one quantized conv (a :class:`~sw.intref.contract.LayerContract` whose input codes use
-    ``act_in``): ``K_c`` from its bias and weight sums, ``M_c, R_c`` for ``2^-E s_a / pre_scale``, and the
-    table from ``pre_scale`` to the consumer's quantizer ``out``. ``offset_bits`` is the declared width of
-    the ``K_c`` it stores (the fewest bits that hold them)."""
-    if not (pre_scale > 0 and math.isfinite(pre_scale)):
-        raise QuantizationError(f"{contract.name}: pre-activation scale {pre_scale} is not a positive finite number")
+def epilogue_offsets(contract, act_in: ActQuant, bias: torch.Tensor | None) -> torch.Tensor:
+    """Step 1's ``K_c = B_c - z_a * sum(W_c)`` (int64 [o]), ``B_c`` the bias (in the conv output's units)
+    rounded to the accumulator's scale ``2^-E s_a``."""
     acc_lsb = 2.0 ** -contract.shift * act_in.scale
     channels = contract.shape[0]
     bias_int = torch.zeros(channels, dtype=torch.int64) if bias is None else \
         torch.round(bias.detach().double() / acc_lsb).to(torch.int64)
-    offset = bias_int - act_in.zero_point * contract.weight_int().sum((1, 2, 3))
+    return bias_int - act_in.zero_point * contract.weight_int().sum((1, 2, 3))
+
+
+def derive_epilogue(contract, act_in: ActQuant, bias: torch.Tensor | None, pre_scale: float, out: ActQuant,
+                    activation: str, multiplier_bits: int = DEFAULT_MULTIPLIER_BITS,
+                    pre_bits: int = 0, channel_scale: torch.Tensor | None = None) -> LayerEpilogue:
+    """The epilogue of one quantized conv (a :class:`~sw.intref.contract.LayerContract` whose input codes use
+    ``act_in``): ``K_c`` from its bias and weight sums, ``M_c, R_c`` for ``2^-E s_a / pre_scale``, and the
+    table from ``pre_scale`` to the consumer's quantizer ``out``. ``offset_bits`` is the declared width of
+    the ``K_c`` it stores (the fewest bits that hold them).
+
+    ``channel_scale`` (float [o], each > 0): a per-channel factor between the conv and its activation, the
+    scale of a BatchNorm kept separate from the quantized weights: ``pre = channel_scale_c * (conv_c + bias_c)``
+    (``bias`` then includes the BatchNorm's shift divided by ``channel_scale``); each channel then gets its own
+    ``M_c, R_c`` for ``channel_scale_c 2^-E s_a / pre_scale``. Without it every channel shares one."""
+    if not (pre_scale > 0 and math.isfinite(pre_scale)):
+        raise QuantizationError(f"{contract.name}: pre-activation scale {pre_scale} is not a positive finite number")
+    acc_lsb = 2.0 ** -contract.shift * act_in.scale
+    channels = contract.shape[0]
+    if channel_scale is not None and not bool(((channel_scale > 0) & torch.isfinite(channel_scale)).all()):
+        bad = int(torch.nonzero(~((channel_scale > 0) & torch.isfinite(channel_scale)))[0])
+        raise QuantizationError(f"{contract.name}: channel {bad}'s scale {float(channel_scale[bad]):.3g} is not "
+                                f"positive; an unsigned multiplier cannot hold it (fold BatchNorm into the "
+                                f"weights before quantizing: --fold-bn)")
+    offset = epilogue_offsets(contract, act_in, bias)
     fmt = EpilogueFormat(contract.fmt.acc_bits, signed_bits_for(int(offset.min()), int(offset.max())), out.bits,
                          pre_bits, multiplier_bits)
-    m, r = multiplier_and_shift(acc_lsb / pre_scale, fmt)
-    return LayerEpilogue(contract.name, fmt, offset, torch.full((channels,), m, dtype=torch.int64),
-                         torch.full((channels,), r, dtype=torch.int64),
+    reals = [acc_lsb / pre_scale] * channels if channel_scale is None else \
+        [float(c) * acc_lsb / pre_scale for c in channel_scale.detach().double()]
+    pairs = [multiplier_and_shift(r, fmt) for r in reals]
+    return LayerEpilogue(contract.name, fmt, offset, torch.tensor([m for m, _ in pairs], dtype=torch.int64),
+                         torch.tensor([r for _, r in pairs], dtype=torch.int64),
                          activation_table(activation, pre_scale, out, fmt), activation, pre_scale, out)

@@ -44,7 +44,12 @@ class IntegerConv2d(nn.Module):
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """The PE's accumulators (int64 [n, o, h, w]) for float input ``x``: padding is the code z_a."""
-        x_int = self.act.quantize(x)
+        return self.accumulate_codes(self.act.quantize(x))
+
+    def accumulate_codes(self, x_int: torch.Tensor) -> torch.Tensor:
+        """The PE's accumulators (int64 [n, o, h, w]) for input codes ``x_int`` (integer-valued, any dtype):
+        the conv's zero padding is the code z_a."""
+        x_int = x_int.double()
         if self.padding:
             x_int = F.pad(x_int, [self.padding] * 4, value=float(self.act.zero_point))
         lo, hi = self.contract.fmt.act_range

@@ -30,9 +30,13 @@ class Detect(nn.Module):
         return self.m[i](x)
 
     def forward(self, xs):
+        return self.decode([self.head_conv(i, xs[i]) for i in range(self.nl)])
+
+    def decode(self, ps: list[torch.Tensor]) -> torch.Tensor:
+        """Box decoding of the head convs' outputs (one per level): ``[bs, anchors, 5 + nc]``."""
         out = []
         for i in range(self.nl):
-            p = self.head_conv(i, xs[i])
+            p = ps[i]
             bs, _, ny, nx = p.shape
             p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).float()
             y = p.sigmoid()
