@@ -2,9 +2,11 @@
 
 Beats in (the PE's ``elements``), the next layer's activation codes out (the epilogue's ``codes``, with
 ``t = acc + K_c`` beside each code for a Detect conv, whose output is not requantized). The PE's ``results``
-stream feeds the epilogue's ``accumulators`` directly: both ends follow the same stream rules and the
-epilogue never stalls, so the PE's own result queue only fills while ``outputs`` is held back, and the
-credits of both queues keep every result (no ready signal crosses either pipeline).
+stream feeds the epilogue's ``accumulators`` through a :class:`RegisterSlice`: without it the PE's queue
+level (its ``valid``) and the epilogue's credit counter (its ``ready``) meet in one combinational path, a
+carry chain included, which held the first layer unit to 173 MHz on ECP5. Neither pipeline ever stalls, so
+the PE's own result queue only fills while ``outputs`` is held back, and the credits of both queues keep
+every result.
 
 Configured only from ``sw``'s contract objects: :class:`hw.config.PEConfig` (the PE's stream format) and
 :class:`hw.epilogue.EpilogueConfig` (the epilogue's :class:`~sw.intref.epilogue.EpilogueFormat`).
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Module
+from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,7 +38,32 @@ class LayerUnitConfig:
     @property
     def latency(self) -> int:
         """Cycles from a dot product's last beat to its code on ``outputs``."""
-        return self.pe.latency + self.epilogue.latency
+        return self.pe.latency + RegisterSlice.LATENCY + self.epilogue.latency
+
+
+class RegisterSlice(wiring.Component):
+    """A full-throughput register stage of a stream (a skid buffer): ``sink.ready`` and ``source.valid`` are
+    registers, so neither side's handshake logic reaches the other's in one cycle. A transfer offered while
+    ``source`` is held back waits in the second (skid) register."""
+
+    LATENCY = 1
+
+    def __init__(self, shape):
+        super().__init__({"sink": In(stream.Signature(shape)), "source": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        skid_valid = Signal(name="skid_valid")
+        skid = Signal.like(self.sink.payload, name="skid")
+        m.d.comb += self.sink.ready.eq(~skid_valid)
+        with m.If(self.source.ready | ~self.source.valid):  # the output register is free (or leaving)
+            with m.If(skid_valid):
+                m.d.sync += [self.source.payload.eq(skid), self.source.valid.eq(1), skid_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [self.source.payload.eq(self.sink.payload), self.source.valid.eq(self.sink.valid)]
+        with m.Elif(self.sink.valid & ~skid_valid):         # held: park the offered transfer
+            m.d.sync += [skid.eq(self.sink.payload), skid_valid.eq(1)]
+        return m
 
 
 def layer_unit_signature(cfg: LayerUnitConfig) -> wiring.Signature:
@@ -68,8 +95,10 @@ class LayerUnit(wiring.Component):
         m.submodules.pe = pe = pe_class(self.cfg.pe, pe_init, memory=memory)
         m.submodules.epilogue = epi = epilogue_class(self.cfg.epilogue, params_init, table_init, memory=memory)
         # the epilogue's accumulator may be wider than this PE's (a superset epilogue): sign-extended
-        m.d.comb += [epi.accumulators.payload.eq(pe.results.payload), epi.accumulators.valid.eq(pe.results.valid),
-                     pe.results.ready.eq(epi.accumulators.ready)]
+        m.submodules.slice = cut = RegisterSlice(epi.accumulators.payload.shape())
+        m.d.comb += [cut.sink.payload.eq(pe.results.payload), cut.sink.valid.eq(pe.results.valid),
+                     pe.results.ready.eq(cut.sink.ready)]
+        wiring.connect(m, cut.source, epi.accumulators)
         wiring.connect(m, wiring.flipped(self.elements), pe.elements)
         wiring.connect(m, wiring.flipped(self.params), pe.params)
         wiring.connect(m, wiring.flipped(self.outputs), epi.codes)

@@ -103,10 +103,32 @@ def test_layer_unit_equals_sw(method, gran, lanes, valid_p, ready_p):
     assert len(set(want_codes)) > 3  # the stimulus exercises the table, not one saturated code
 
 
-def test_layer_unit_latency_is_the_sum_of_its_parts():
+def test_layer_unit_latency_matches_config():
+    """Cycles from a dot product's last beat to its code: the PE's, the register slice's and the epilogue's."""
     contract, _, ep = layer()
-    cfg = LayerUnitConfig(PEConfig.for_layer(StreamLayout.build(contract, 4)), EpilogueConfig.for_layer(ep))
-    assert cfg.latency == cfg.pe.latency + cfg.epilogue.latency
+    layout, cfg, unit = unit_for(contract, ep, 4)
+    dots, _ = stimulus(layout, 1, seed=0)
+    seen = {}
+    sim = Simulator(unit)
+    sim.add_clock(1e-8)
+
+    async def bench(ctx):
+        ctx.set(unit.channels, ep.channels)
+        ctx.set(unit.outputs.ready, 1)
+        for beat in dots[0]:
+            ctx.set(unit.elements.payload.as_value(), beat)
+            ctx.set(unit.elements.valid, 1)
+            await ctx.tick()
+        ctx.set(unit.elements.valid, 0)
+        for cycle in range(1, 100):
+            if ctx.get(unit.outputs.valid):
+                seen["latency"] = cycle
+                return
+            await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["latency"] == cfg.latency == cfg.pe.latency + 1 + cfg.epilogue.latency
 
 
 @pytest.mark.slow
