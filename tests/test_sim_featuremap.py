@@ -53,6 +53,21 @@ def test_one_layer_unit_build_covers_layers_of_different_epilogues():
     assert build.cfg.epilogue.fmt.acc_bits >= build.pe.acc_bits
 
 
+def test_testbench_hdl_is_held_to_the_layer_unit(tmp_path, monkeypatch):
+    """The YOLOQ_UNIT branch of the testbench connects exactly the layer unit's ports."""
+    import sim.wrapper as wrapper
+
+    (build,) = plan_builds([unit_case()], LANES, unit="layer")
+    wrapper.check_testbench(build.cfg)
+    wrapper.check_testbench(build.pe)  # and the PE branch the PE's
+    fake = tmp_path / "yoloq_cosim_tb.v"
+    fake.write_text(wrapper.TESTBENCH_HDL.read_text().replace(".table__en(t_en), ", ""))
+    monkeypatch.setattr(wrapper, "TESTBENCH_HDL", fake)
+    with pytest.raises(ValueError):
+        wrapper.check_testbench(build.cfg)
+    wrapper.check_testbench(build.pe)
+
+
 def test_a_pe_case_is_refused_by_the_layer_unit():
     from sim.cosim import CosimError
 
