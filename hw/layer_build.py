@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import multiprocessing
+import os
 import re
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
+
+import torch
 
 from amaranth.back import verilog
 
 from sw.atomic import write_json, write_text
-from sw.intref.contract import LayerContract
-from sw.intref.epilogue import LayerEpilogue
+from sw.intref.contract import LayerContract, signed_bits_for
+from sw.intref.epilogue import EpilogueFormat, LayerEpilogue
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout
 from sw.quant.accounting import quantized_storage
@@ -48,6 +53,28 @@ def unit_generator_digest() -> str:
     for name in UNIT_MODULES:
         h.update(name.encode() + Path(importlib.import_module(name).__file__).read_bytes())
     return h.hexdigest()[:16]
+
+
+def detect_epilogue(name: str, contract: LayerContract, offset: torch.Tensor) -> LayerEpilogue:
+    """The epilogue a Detect conv's layer unit runs with. Its output is not requantized: the box decoder
+    dequantizes ``t = acc + K_c`` (:class:`sw.intref.intnet.HeadDequant`), which the unit's ``sum`` output
+    is. So only the offsets ``K_c`` matter; multipliers, shifts and the table are zero (unused)."""
+    offset = offset.to(torch.int64)
+    fmt = EpilogueFormat(contract.fmt.acc_bits, signed_bits_for(int(offset.min()), int(offset.max())),
+                         contract.fmt.act_bits)
+    zeros = torch.zeros_like(offset)
+    return LayerEpilogue(name, fmt, offset, zeros, zeros.clone(), torch.zeros(fmt.lut_entries, dtype=torch.int64),
+                         "identity")
+
+
+def network_epilogues(net, names: list[str]) -> dict[str, LayerEpilogue]:
+    """Each named conv's epilogue in an integer network (:class:`sw.intref.intnet.IntegerNetwork`); a Detect
+    conv's is :func:`detect_epilogue`."""
+    out = {}
+    for name in names:
+        layer = net.layers[name]
+        out[name] = layer.epilogue if layer.head is None else detect_epilogue(name, layer.contract, layer.head.offset)
+    return out
 
 
 def unit_module_name(layer: str) -> str:
@@ -103,3 +130,25 @@ def build_layer_unit(contract: LayerContract, qt, ep: LayerEpilogue, lanes: int,
     }
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def _build_one(contract, qt, ep, lanes, out, lint_it) -> dict:
+    manifest = build_layer_unit(contract, qt, ep, lanes, out)
+    if lint_it:
+        from .lint import lint
+
+        rc, messages = lint(Path(out) / manifest["verilog"])
+        manifest["lint"] = {"exit_code": rc, "messages": messages}
+    return manifest
+
+
+def build_layer_units(layers: list[tuple[LayerContract, object, LayerEpilogue, Path]], lanes: int, *,
+                      lint: bool = False, jobs: int | None = None) -> list[dict]:
+    """:func:`build_layer_unit` for every (contract, record, epilogue, folder), in spawned workers as
+    :func:`hw.build.build_layers` does; manifests in input order."""
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(layers)))
+    tasks = [(c, qt, ep, lanes, Path(folder), lint) for c, qt, ep, folder in layers]
+    if jobs == 1:
+        return [_build_one(*t) for t in tasks]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [f.result() for f in [pool.submit(_build_one, *t) for t in tasks]]

@@ -7,7 +7,8 @@ and output codes. A :class:`~sim.stimulus.LayerCase` then holds the im2col rows 
 (or ``positions`` of them, sampled as :func:`sim.capture.sample_positions` does), the accumulators and the
 output codes the layer unit must produce, position-major then channel, the order the testbench issues
 them. A Detect conv's output is not requantized (the box decoder dequantizes ``t = acc + K_c``): its unit
-runs with an epilogue holding only its offsets ``K_c`` and is compared on ``t``.
+runs with an epilogue holding only its offsets ``K_c`` (:func:`hw.layer_build.detect_epilogue`) and is
+compared on ``t``.
 
 Two checks on capture, so that a capture mistake never passes for an RTL mismatch: the rows reproduce the
 traced accumulators (``columns @ W_int``), and the traced epilogue reproduces the traced output codes.
@@ -21,28 +22,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from hw.layer_build import detect_epilogue
 from sw.eval.images import load_letterboxed
-from sw.intref.epilogue import EpilogueFormat, LayerEpilogue
 from sw.intref.stream import im2col
 from sw.intref.validate import HardwareFormat
 from sw.quant.model import QuantizedModel
 
 from .capture import CaptureError, sample_positions
 from .stimulus import LayerCase, reference_accumulators
-
-
-def bypass_epilogue(trace) -> LayerEpilogue:
-    """The epilogue a Detect conv's layer unit runs with: its offsets ``K_c`` (what the head's dequantization
-    adds, :class:`sw.intref.intnet.HeadDequant`), multipliers, shifts and table zero (unused: only ``t``
-    is compared)."""
-    offset = trace.head.offset.to(torch.int64)
-    lo, hi = int(offset.min()), int(offset.max())
-    from sw.intref.contract import signed_bits_for
-
-    fmt = EpilogueFormat(trace.contract.fmt.acc_bits, signed_bits_for(lo, hi), trace.contract.fmt.act_bits)
-    zeros = torch.zeros_like(offset)
-    return LayerEpilogue(trace.name, fmt, offset, zeros, zeros.clone(),
-                         torch.zeros(fmt.lut_entries, dtype=torch.int64), "identity")
 
 
 def trace_case(trace, image: int, positions: int | None, seed: int) -> LayerCase:
@@ -67,7 +54,7 @@ def trace_case(trace, image: int, positions: int | None, seed: int) -> LayerCase
         if not np.array_equal(ep.apply(torch.from_numpy(want_acc), channel_dim=1).numpy(), outputs):
             raise CaptureError(f"{trace.name}: the traced epilogue does not reproduce its output codes")
     else:
-        ep, compare = bypass_epilogue(trace), "sum"
+        ep, compare = detect_epilogue(trace.name, contract, trace.head.offset), "sum"
         outputs = want_acc + ep.offset.numpy()[None, :]
     return LayerCase(contract, np.ascontiguousarray(cols_at), want_acc, [(image, y, x) for y, x in where],
                      epilogue=ep, outputs=np.ascontiguousarray(outputs), compare=compare)

@@ -63,7 +63,16 @@ def add_parser(sub) -> None:
     which.add_argument("--all-layers", action="store_true", help="every quantized layer of the model")
     b.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle L (default 16)")
     b.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
+    b.add_argument("--unit", choices=("pe", "layer"), default="pe",
+                   help="pe: the processing element alone (default); layer: the layer unit, PE + integer epilogue "
+                        "(also epilogue.hex and table.hex; activation scales are calibrated on coco128 first)")
+    b.add_argument("--calib", metavar="DIR", help="--unit layer: calibration images "
+                                                  "(default <data>/coco128/images/train2017)")
+    b.add_argument("--calib-images", type=int_in(1), default=32, help="--unit layer: calibration images used "
+                                                                     "(default 32)")
+    b.add_argument("--img", type=int_in(32, 8192), default=640, help="--unit layer: calibration size (default 640)")
     b.add_argument("-o", "--output", required=True, help="output folder")
+    add_data_arg(b)
     b.set_defaults(run=run_build)
 
     f = hw.add_parser("formats", help="hardware-exact mAP over activation bits x scale bits",
@@ -99,10 +108,31 @@ def run_build(args) -> int:
     out = Path(args.output)
     layers = [(LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits),
                qm.layers[name].qt, out / name if args.all_layers else out) for name in names]
+    if args.unit == "layer":
+        return _build_units(args, qm, names, layers)
     for (_, _, folder), name, m in zip(layers, names, build_layers(layers, args.lanes)):
         print(f"{name}: {folder / m['verilog']} ({m['pe']['mode']} mode, {m['pe']['lanes']} lanes, "
               f"acc {m['pe']['acc_bits']} bits, latency {m['pe']['latency_cycles']}, "
               f"lane use {m['stream']['lane_utilisation']:.0%}, {m['storage']['total_bits']:,} storage bits)")
+    return 0
+
+
+def _build_units(args, qm, names, layers) -> int:
+    """``hw build --unit layer``: the integer network gives each layer's epilogue (calibrated as far as the
+    last chosen layer), then a layer unit per layer."""
+    from hw.layer_build import build_layer_units, network_epilogues
+
+    from ..intref.intnet import integer_network
+
+    net = integer_network(qm, calib_dir(args), args.act_bits, qm.spec.scale_bits, args.calib_images,
+                          progress=True, upto=names, img_size=args.img)
+    epilogues = network_epilogues(net, names)
+    units = [(c, qt, epilogues[c.name], folder) for c, qt, folder in layers]
+    for (_, _, _, folder), name, m in zip(units, names, build_layer_units(units, args.lanes)):
+        e = m["epilogue"]
+        print(f"{name}: {folder / m['verilog']} (layer unit, {m['pe']['lanes']} lanes, acc {m['pe']['acc_bits']} "
+              f"bits, epilogue {e['format']['offset_bits']}-bit K, {e['format']['pre_bits']}-bit pre-activation, "
+              f"{e['activation']}; latency {m['latency_cycles']})")
     return 0
 
 
