@@ -158,3 +158,20 @@ def test_layer_unit_build_lints_clean_and_its_files_hold_the_layer(tmp_path):
         {"name": "offset", "bits": ep.fmt.offset_bits, "signed": True, "count": None, "source": ""},
         {"name": "multiplier", "bits": ep.fmt.multiplier_bits, "signed": False, "count": None, "source": ""},
         {"name": "shift", "bits": ep.fmt.shift_bits, "signed": False, "count": None, "source": ""}]
+
+
+@pytest.mark.slow
+def test_hw_build_unit_layer_cli(yolov7_pwlq_mix3, tmp_path):
+    """`yoloq hw build --unit layer`: the epilogue comes from the integer network, its files hold it."""
+    from sw.checkpoint.artifact import load_quantized
+    from sw.cli import main
+
+    qm = load_quantized(yolov7_pwlq_mix3).extras["quantized"]
+    name = next(n for n, r in qm.layers.items() if r.qt is not None)
+    assert main(["hw", "build", "--quantized", str(yolov7_pwlq_mix3), "--layer", name, "--unit", "layer",
+                 "--calib-images", "2", "--img", "128", "-o", str(tmp_path)]) == 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["unit"] == "layer" and manifest["epilogue"]["activation"] == "silu"
+    channels = manifest["contract"]["shape"][0]
+    assert len((tmp_path / "epilogue.hex").read_text().split()) == channels == manifest["epilogue"]["channels"]
+    assert len((tmp_path / "table.hex").read_text().split()) == manifest["epilogue"]["table_entries"]
