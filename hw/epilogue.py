@@ -24,7 +24,11 @@ back-pressure, so no ready signal fans out across the pipeline):
    the floor), so a barrel shifter (pipelined, :attr:`EpilogueConfig.shift_levels` levels per register)
    shifts right arithmetically by ``R - 1``, then ``+ 1`` and one more shift round half up
    (:meth:`Epilogue._round`); R_c = 0 passes ``x`` through;
-5. saturation to the signed ``pre_bits`` code (comparisons registered, then the select);
+5. saturation to the signed ``pre_bits`` (P) code, without a carry chain over the wide shifted value ``x'``:
+   rounding and clamping are monotonic, so ``x'`` may first be narrowed to P + 1 bits, with a flag saying
+   whether it fitted (its bits above P all copies of its sign: a LUT reduction) and its sign. A value that
+   did not fit lies beyond the pre-activation range on its sign's side (``|x'| >= 2^P``, and after rounding
+   ``>= 2^(P-1)``); one that did is rounded on P + 2 bits and clamped on narrow comparisons;
 6. the table read at ``p + 2^(P-1)`` (block RAM, registered like the parameter memory), then the queue.
 """
 
@@ -241,13 +245,21 @@ class Epilogue(wiring.Component):
                 if i != fmt.shift_bits - 1:
                     amount = reg(amount, f"amount_{level}")
                 passthrough = reg(passthrough, f"passthrough_{level}")
-        rounded = reg(self._round(shifted, passthrough), "rounded")
+        # narrow x' to P + 1 bits, remembering whether it fitted and its sign
+        width = len(shifted)
+        narrow = fmt.pre_bits + 1
+        negative = shifted[width - 1]
+        top = shifted[narrow - 1:]  # the bits that must all equal the sign for x' to fit P + 1 bits
+        fits = reg(top.all() | ~top.any(), "fits")
+        negative, passthrough = reg(negative, "negative"), reg(passthrough, "passthrough_r")
+        low = reg(shifted[:narrow].as_signed(), "narrow")
 
-        # saturate to the signed pre_bits code
+        # round (narrow), then clamp to the signed pre_bits code
         lo, hi = fmt.pre_range
-        over, under = reg(rounded > hi, "over"), reg(rounded < lo, "under")
-        low = reg(rounded[:fmt.pre_bits].as_signed(), "pre_low")
-        pre = reg(Mux(over, hi, Mux(under, lo, low))[:fmt.pre_bits].as_signed(), "pre")
+        rounded = reg(self._round(low, passthrough)[:narrow].as_signed(), "rounded")
+        fits, negative = reg(fits, "fits_r"), reg(negative, "negative_r")
+        clamped = Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))
+        pre = reg(Mux(fits, clamped, Mux(negative, lo, hi))[:fmt.pre_bits].as_signed(), "pre")
 
         # the table, indexed by p + 2^(P-1): p with its sign bit inverted
         m.submodules.table = table = self._memory(fmt.out_bits, fmt.lut_entries, self._table_init)
@@ -270,5 +282,6 @@ class Epilogue(wiring.Component):
         return code
 
     def _round(self, shifted, passthrough):
-        """Round half up the value shifted right by R - 1: ``(x + 1) >> 1``; R = 0: ``x`` unchanged."""
+        """Round half up the value shifted right by R - 1: ``(x + 1) >> 1``; R = 0: ``x`` unchanged (here on
+        the value narrowed to P + 1 bits, see step 5)."""
         return Mux(passthrough, shifted, (shifted + 1) >> 1)

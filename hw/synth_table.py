@@ -42,7 +42,7 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
     """Every PE of ``lanes`` x ``bits`` x METHODS, and a layer unit for each lane count in ``unit_lanes``."""
     out = Path(out)
     todo = [(label, k, lane, "pe") for label in METHODS for k in bits for lane in lanes]
-    todo += [(label, k, lane, "layer") for label in METHODS for k in bits for lane in unit_lanes]
+    todo += [(label, k, lane, "layer") for label in reversed(METHODS) for k in bits for lane in unit_lanes]  # PWLQ first
     models = {}
     rows = []
     digests = {"pe": generator_digest(), "layer": unit_generator_digest()}

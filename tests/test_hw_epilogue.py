@@ -186,3 +186,16 @@ def test_latency_matches_config():
     sim.add_testbench(bench)
     sim.run()
     assert seen["latency"] == cfg.latency
+
+
+def test_saturation_and_rounding_at_the_pre_activation_bounds():
+    """t M_c / 2^R_c right around +-2^(P-1) and +-2^P, where the narrowed value stops fitting (step 5)."""
+    fmt = EpilogueFormat(20, 8, 4, pre_bits=6)
+    big = 1 << fmt.pre_bits
+    ep = LayerEpilogue("model.1.conv", fmt, torch.tensor([0, 0, 0, 5]), torch.tensor([1, 1, 3, 1]),
+                       torch.tensor([1, 0, 2, 1]), torch.arange(fmt.lut_entries) % 16 - 8)
+    near = [v + d for v in (big // 2, big, 2 * big, -big // 2, -big, -2 * big) for d in range(-3, 4)]
+    acc = np.array([[v - int(k) for k in ep.offset] for v in near], dtype=np.int64)
+    cfg = EpilogueConfig.for_layer(ep)
+    codes, sums = run(Epilogue(cfg, cfg.param_init(ep), cfg.table_init(ep)), acc, ep.channels)
+    assert (codes, sums) == expected(ep, acc)

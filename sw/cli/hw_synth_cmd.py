@@ -51,7 +51,7 @@ def add_parser(hw) -> None:
                       description="Synthesise PEs for L in --lanes, k in --bits, uniform and PWLQ, each sized for "
                                   "YOLOv7 (generated weights, mix3). Writes OUT/table.md and table.json; finished "
                                   "configurations are cached in OUT/points/ and skipped on a rerun.")
-    t.add_argument("--lanes", default="1,4,16,64")
+    t.add_argument("--lanes", default="1,4,16,64", help="lane counts of the PE rows ('' for none, with --unit-lanes)")
     t.add_argument("--bits", default="4,8")
     t.add_argument("--target", choices=TARGETS, default="ecp5")
     t.add_argument("--unit-lanes", default="16", metavar="LIST",
@@ -131,7 +131,7 @@ def run_synth(args) -> int:
 def run_table(args) -> int:
     from hw.synth_table import run_table as table, table_markdown, write_table
 
-    lanes = _ints(args.lanes, "--lanes", 1, 256)
+    lanes = _ints(args.lanes, "--lanes", 1, 256) if args.lanes.strip() or not args.unit_lanes.strip() else []
     bits = _ints(args.bits, "--bits", *WEIGHT_BITS_RANGE)
     unit_lanes = _ints(args.unit_lanes, "--unit-lanes", 1, 256) if args.unit_lanes.strip() else []
     rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet, unit_lanes=unit_lanes)
