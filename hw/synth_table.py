@@ -38,11 +38,14 @@ def yolov7_quantized(method: str, bits: int):
 
 
 def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5", act_bits: int = 8,
-              seed: int = 1, progress: bool = True, unit_lanes: list[int] = ()) -> list[dict]:
-    """Every PE of ``lanes`` x ``bits`` x METHODS, and a layer unit for each lane count in ``unit_lanes``."""
+              seed: int = 1, progress: bool = True, unit_lanes: list[int] = (),
+              unit_bits: list[int] | None = None) -> list[dict]:
+    """Every PE of ``lanes`` x ``bits`` x METHODS, and a layer unit for each of ``unit_lanes`` x ``unit_bits``
+    (default: ``bits``) x METHODS."""
     out = Path(out)
     todo = [(label, k, lane, "pe") for label in METHODS for k in bits for lane in lanes]
-    todo += [(label, k, lane, "layer") for label in reversed(METHODS) for k in bits for lane in unit_lanes]  # PWLQ first
+    todo += [(label, k, lane, "layer") for label in reversed(METHODS)  # PWLQ first: the design goal's row
+             for k in (bits if unit_bits is None else unit_bits) for lane in unit_lanes]
     models = {}
     rows = []
     digests = {"pe": generator_digest(), "layer": unit_generator_digest()}

@@ -56,6 +56,7 @@ def add_parser(hw) -> None:
     t.add_argument("--target", choices=TARGETS, default="ecp5")
     t.add_argument("--unit-lanes", default="16", metavar="LIST",
                    help="lane counts that also get a layer-unit row (PE + epilogue), '' for none (default 16)")
+    t.add_argument("--unit-bits", default="4", metavar="LIST", help="code bits of the layer-unit rows (default 4)")
     t.add_argument("-o", "--output", required=True)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=run_table)
@@ -134,7 +135,9 @@ def run_table(args) -> int:
     lanes = _ints(args.lanes, "--lanes", 1, 256) if args.lanes.strip() or not args.unit_lanes.strip() else []
     bits = _ints(args.bits, "--bits", *WEIGHT_BITS_RANGE)
     unit_lanes = _ints(args.unit_lanes, "--unit-lanes", 1, 256) if args.unit_lanes.strip() else []
-    rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet, unit_lanes=unit_lanes)
+    unit_bits = _ints(args.unit_bits, "--unit-bits", *WEIGHT_BITS_RANGE)
+    rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet, unit_lanes=unit_lanes,
+                 unit_bits=unit_bits)
     write_table(rows, Path(args.output))
     print(table_markdown(rows), end="")
     return 0
