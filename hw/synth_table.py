@@ -39,9 +39,10 @@ def yolov7_quantized(method: str, bits: int):
 
 def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5", act_bits: int = 8,
               seed: int = 1, progress: bool = True, unit_lanes: list[int] = (),
-              unit_bits: list[int] | None = None) -> list[dict]:
+              unit_bits: list[int] | None = None, cached_only: bool = False) -> list[dict]:
     """Every PE of ``lanes`` x ``bits`` x METHODS, and a layer unit for each of ``unit_lanes`` x ``unit_bits``
-    (default: ``bits``) x METHODS."""
+    (default: ``bits``) x METHODS. ``cached_only``: synthesise nothing; a configuration without a point of
+    this generator is a row ``{"missing": True, ...}`` (the table lists it as not yet synthesised)."""
     out = Path(out)
     todo = [(label, k, lane, "pe") for label in METHODS for k in bits for lane in lanes]
     todo += [(label, k, lane, "layer") for label in reversed(METHODS)  # PWLQ first: the design goal's row
@@ -54,7 +55,11 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
         suffix = "" if unit == "pe" else "-layer"
         point = out / "points" / f"{target}-{METHODS[label]}-{k}b-{lane}L{suffix}.json"
         digest = digests[unit]
-        if not point.exists() or json.loads(point.read_text()).get("generator") != digest:
+        fresh = point.exists() and json.loads(point.read_text()).get("generator") == digest
+        if not fresh and cached_only:
+            rows.append({"method": label, "bits": k, "lanes": lane, "unit": unit, "missing": True})
+            continue
+        if not fresh:
             if (label, k) not in models:
                 models[(label, k)] = yolov7_quantized(METHODS[label], k)
             extra = {}
@@ -84,6 +89,8 @@ def run_table(out: Path, lanes: list[int], bits: list[int], target: str = "ecp5"
 
 
 def table_markdown(rows: list[dict]) -> str:
+    missing = [r for r in rows if r.get("missing")]
+    rows = [r for r in rows if not r.get("missing")]
     device = rows[0]["device"] if rows else "-"
     lines = [f"# Processing element and layer unit: resources and speed on {device}", "",
              "Each PE is sized for every layer of YOLOv7 (generated weights, deploy form) quantized with the method at "
@@ -103,9 +110,13 @@ def table_markdown(rows: list[dict]) -> str:
         unit = "layer unit" if r.get("unit") == "layer" else "PE"
         lines.append(f"| {unit} | {r['method']} | {r['bits']} | {r['lanes']} | {r['lut4']} | {r['ff']} | {r['dsp']} | "
                      f"{r['bram']} | {fmax} | {r['lut4_per_lane']} | {macs} | {r['latency_cycles']} |")
+    if missing:
+        names = ", ".join(f"{'layer unit' if r['unit'] == 'layer' else 'PE'} {r['method']} {r['bits']}-bit "
+                          f"{r['lanes']}L" for r in missing)
+        lines += ["", f"Not yet synthesised by this version of the generator (rerun to complete): {names}."]
     return "\n".join(lines) + "\n"
 
 
 def write_table(rows: list[dict], out: Path) -> None:
-    write_json(Path(out) / "table.json", rows)
+    write_json(Path(out) / "table.json", [r for r in rows if not r.get("missing")])
     write_text(Path(out) / "table.md", table_markdown(rows))

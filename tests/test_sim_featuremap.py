@@ -117,3 +117,16 @@ def test_yolov5n_feature_maps_every_position_in_verilator(yolov5n_path, coco_roo
     # every position of each feature map at 160 px (letterboxed to 160 x 128... the image's padded shape)
     assert per_layer["model.0.conv"] % 16 == 0 and per_layer["model.0.conv"] >= 80 * 64 * 16
     assert report["outputs_checked"] == sum(per_layer.values())
+
+
+@pytest.mark.slow
+def test_every_yolov7_layer_at_a_position_in_verilator(yolov7_pwlq_mix3, coco_root, tmp_path):
+    """Every layer of the generated YOLOv7 (4-bit PWLQ mix3) through the layer unit at one output position
+    (the corner, where padding reaches furthest, is sampled once there are two)."""
+    out = tmp_path / "c.json"
+    rc = main(["hw", "cosim", "--quantized", str(yolov7_pwlq_mix3), "--unit", "layer", "--positions", "1",
+               "--img", "128", "--calib-images", "2", "--sim", "verilator", "--coco", str(coco_root), "--quiet",
+               "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert rc == 0 and report["mismatches"] == 0, report["mismatch_examples"][:5]
+    assert report["layers_run"] == 92 and report["outputs_checked"] == sum(r["results"] for r in report["layers"])

@@ -58,6 +58,9 @@ def add_parser(hw) -> None:
                    help="lane counts that also get a layer-unit row (PE + epilogue), '' for none (default 16)")
     t.add_argument("--unit-bits", default="4", metavar="LIST", help="code bits of the layer-unit rows (default 4)")
     t.add_argument("-o", "--output", required=True)
+    t.add_argument("--cached-only", action="store_true",
+                   help="synthesise nothing: write the table from the points this generator already made, "
+                        "listing the configurations still missing")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(run=run_table)
 
@@ -137,7 +140,7 @@ def run_table(args) -> int:
     unit_lanes = _ints(args.unit_lanes, "--unit-lanes", 1, 256) if args.unit_lanes.strip() else []
     unit_bits = _ints(args.unit_bits, "--unit-bits", *WEIGHT_BITS_RANGE)
     rows = table(Path(args.output), lanes, bits, args.target, progress=not args.quiet, unit_lanes=unit_lanes,
-                 unit_bits=unit_bits)
+                 unit_bits=unit_bits, cached_only=args.cached_only)
     write_table(rows, Path(args.output))
     print(table_markdown(rows), end="")
     return 0
