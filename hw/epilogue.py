@@ -147,7 +147,9 @@ class EpilogueConfig:
 
     @property
     def result_fifo_depth(self) -> int:
-        return self.latency + 2
+        """Room for every code in flight, plus the slot the registered ``ready`` holds back (so a stream
+        drained as fast as it comes never sees ``ready`` fall)."""
+        return self.latency + 3
 
 
 def write_port_signature(addr_bits: int, shape) -> wiring.Signature:
@@ -201,11 +203,14 @@ class Epilogue(wiring.Component):
                 value = reg(value, f"{name}_d{i}")
             return value
 
-        # results wait in a queue; an accumulator is taken only with a slot reserved for its code (credits)
+        # results wait in a queue; an accumulator is taken only with a slot reserved for its code (credits).
+        # ``ready`` is a register: at least two free slots a cycle ago. At most one slot is taken per cycle, so
+        # at least one is free now; the producer's handshake never waits on the credit counter's logic (which
+        # held the first layer unit to 185.8 MHz). The one slot it holds back is what the depth's margin is for.
         m.submodules.results = queue = CreditedQueue(cfg.output_layout.size, cfg.result_fifo_depth)
         m.d.comb += [self.codes.valid.eq(queue.output.valid), queue.output.ready.eq(self.codes.ready),
                      self.codes.payload.as_value().eq(queue.output.payload)]
-        m.d.comb += self.accumulators.ready.eq(queue.can_admit)
+        m.d.sync += self.accumulators.ready.eq(queue.free_slots >= 2)
         taken = self.accumulators.valid & self.accumulators.ready
         m.d.comb += queue.admit.eq(taken)
 

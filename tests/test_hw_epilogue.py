@@ -175,7 +175,7 @@ def test_latency_matches_config():
         ctx.set(epi.codes.ready, 1)
         ctx.set(epi.accumulators.payload, 5)
         ctx.set(epi.accumulators.valid, 1)
-        await ctx.tick()
+        await ctx.tick().until(epi.accumulators.ready)  # (ready is a register: low for a cycle after reset)
         ctx.set(epi.accumulators.valid, 0)
         for cycle in range(1, 60):
             if ctx.get(epi.codes.valid):
