@@ -199,3 +199,28 @@ def test_saturation_and_rounding_at_the_pre_activation_bounds():
     cfg = EpilogueConfig.for_layer(ep)
     codes, sums = run(Epilogue(cfg, cfg.param_init(ep), cfg.table_init(ep)), acc, ep.channels)
     assert (codes, sums) == expected(ep, acc)
+
+
+def test_one_result_per_cycle_when_drained():
+    """With ``codes.ready`` high the epilogue takes an accumulator every cycle: its registered ``ready``
+    never falls (the queue's depth leaves room for the slot it holds back)."""
+    ep = random_epilogue(FORMATS[0], 3, seed=6)
+    cfg = EpilogueConfig.for_layer(ep)
+    epi = Epilogue(cfg, cfg.param_init(ep), cfg.table_init(ep))
+    n = 4 * cfg.result_fifo_depth
+    seen = {"low": 0}
+    sim = Simulator(epi)
+    sim.add_clock(1e-8)
+
+    async def bench(ctx):
+        ctx.set(epi.channels, 3)
+        ctx.set(epi.codes.ready, 1)
+        ctx.set(epi.accumulators.valid, 1)
+        await ctx.tick().until(epi.accumulators.ready)
+        for _ in range(n):
+            seen["low"] += not ctx.get(epi.accumulators.ready)
+            await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen["low"] == 0
