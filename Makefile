@@ -67,6 +67,7 @@ paper:
 	rm -f $(PAPER_DOCS)/*.png
 	cp $(PAPER_WORK)/report.md $(PAPER_WORK)/results.csv $(PAPER_WORK)/*.png $(PAPER_DOCS)/
 
-# The PE's resource and speed table on ECP5-85k (checked in under docs/results/hw/; reruns resume).
+# The PE's resource and speed table on ECP5-85k, with layer-unit rows (PE + epilogue) at 16 lanes and 4 bits
+# (checked in under docs/results/hw/; reruns resume).
 hw-table:
-	$(BIN)/yoloq hw synth-table --lanes 1,4,16,64 --bits 4,8 -o docs/results/hw
+	$(BIN)/yoloq hw synth-table --lanes 1,4,16,64 --bits 4,8 --unit-lanes 16 --unit-bits 4 -o docs/results/hw

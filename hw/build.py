@@ -41,6 +41,7 @@ from sw.intref.stream import StreamLayout
 from sw.quant.accounting import SHIFT_BITS, quantized_storage
 
 from .config import PEConfig, group_by_kind
+from .layer_unit import LayerUnit, LayerUnitConfig
 from .pe import ProcessingElement, pe_signature, verilog_ports
 
 MANIFEST = "manifest.json"
@@ -62,39 +63,68 @@ def generator_digest() -> str:
     return h.hexdigest()[:16]
 
 
+# The modules that, beside the PE's, decide a layer unit's (PE + epilogue) Verilog.
+UNIT_GENERATOR_MODULES = ("hw.epilogue", "hw.layer_unit", "sw.intref.epilogue")
+
+
+def unit_generator_digest() -> str:
+    """:func:`generator_digest` extended by the epilogue's and layer unit's sources: what caches of generated
+    or synthesised layer units key on."""
+    h = hashlib.sha256(generator_digest().encode())
+    for name in UNIT_GENERATOR_MODULES:
+        h.update(name.encode() + Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def module_name(layer: str) -> str:
     """A Verilog identifier from a layer name: ``model.2.cv1.conv`` -> ``yoloq_pe_model_2_cv1_conv``."""
     return "yoloq_pe_" + re.sub(r"[^0-9A-Za-z_]", "_", layer)
 
 
-def pe_module_name(cfg: PEConfig, variant: str = "") -> str:
-    """A name for a PE module that says what it is (the Verilator waivers match ``*yoloq_pe_*``); ``variant``
-    marks a PE that is not the plain one (a deliberate fault, another parameter memory)."""
-    f = cfg.fmt
-    name = (f"yoloq_pe_{cfg.mode}_l{cfg.lanes}_k{f.weight_bits}{'p' if f.pwlq else 'u'}_a{f.act_bits}"
-            f"_f{f.scale_bits}_z{f.zero_point_bits}_b{f.breakpoint_bits}_acc{f.acc_bits}_w{cfg.param_words}")
+def pe_module_name(cfg: PEConfig | LayerUnitConfig, variant: str = "") -> str:
+    """A name for a PE (or layer unit) module that says what it is (the Verilator waivers match ``*yoloq_pe_*``
+    and ``*yoloq_unit_*``); ``variant`` marks a module that is not the plain one (a deliberate fault, another
+    parameter memory)."""
+    pe = cfg.pe if isinstance(cfg, LayerUnitConfig) else cfg
+    f = pe.fmt
+    name = (f"{pe.mode}_l{pe.lanes}_k{f.weight_bits}{'p' if f.pwlq else 'u'}_a{f.act_bits}"
+            f"_f{f.scale_bits}_z{f.zero_point_bits}_b{f.breakpoint_bits}_acc{f.acc_bits}_w{pe.param_words}")
+    if isinstance(cfg, LayerUnitConfig):
+        e = cfg.epilogue.fmt
+        name = (f"yoloq_unit_{name}_e{e.acc_bits}_{e.offset_bits}_{e.out_bits}_{e.pre_bits}_{e.multiplier_bits}"
+                f"_{e.max_shift}_c{cfg.epilogue.channels}")
+    else:
+        name = f"yoloq_pe_{name}"
     return name + (f"_{variant}" if variant else "")
 
 
-def pe_verilog(cfg: PEConfig, variant: str = "", make: Callable | None = None,
+def pe_verilog(cfg: PEConfig | LayerUnitConfig, variant: str = "", make: Callable | None = None,
                cache: Path | None = None) -> tuple[str, str]:
-    """(module name, Verilog) of the PE of ``cfg`` with an empty parameter memory (loaded through ``params``).
+    """(module name, Verilog) of the PE of ``cfg`` with an empty parameter memory (loaded through ``params``),
+    or of the layer unit (PE + epilogue, :mod:`hw.layer_unit`) of a :class:`LayerUnitConfig`, its memories
+    empty too.
 
-    ``make``: builds the component instead of the plain :class:`ProcessingElement` (with a ``variant`` that
-    names the difference). With ``cache`` the Verilog is kept there, keyed by the config, the variant and
-    :func:`generator_digest` (any change to the generator makes a new entry): elaborating a wide PE takes
-    Amaranth seconds to a minute, and co-simulation and ``hw build`` of the same model need the same PEs.
+    ``make``: builds the component instead of the plain one (with a ``variant`` that names the difference).
+    With ``cache`` the Verilog is kept there, keyed by the config, the variant and :func:`generator_digest`
+    (layer units: :func:`unit_generator_digest`; any change to the generator makes a new entry):
+    elaborating a wide PE takes Amaranth seconds to a minute, and co-simulation and ``hw build`` of the same
+    model need the same PEs.
     """
     from amaranth.back import verilog
 
+    unit = isinstance(cfg, LayerUnitConfig)
     name = pe_module_name(cfg, variant)
     path = None
     if cache is not None:
-        key = hashlib.sha256(repr((cfg, variant, generator_digest())).encode()).hexdigest()[:20]
+        digest = unit_generator_digest() if unit else generator_digest()
+        key = hashlib.sha256(repr((cfg, variant, digest)).encode()).hexdigest()[:20]
         path = Path(cache) / "pe-verilog" / f"{name}-{key}.v"
         if path.exists():
             return name, path.read_text()
-    component = make() if make is not None else ProcessingElement(cfg, None)
+    if make is not None:
+        component = make()
+    else:
+        component = LayerUnit(cfg) if unit else ProcessingElement(cfg, None)
     source = verilog.convert(component, name=name, emit_src=False)
     if path is not None:
         write_text(path, source)

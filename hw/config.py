@@ -37,11 +37,17 @@ def pe_kind(layout: StreamLayout) -> tuple:
     return (layout.mode, layout.lanes, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
 
 
-def group_by_kind(layouts: list[StreamLayout]) -> dict[tuple, list[int]]:
-    """Indices of ``layouts`` per :func:`pe_kind`, kinds in first-seen order."""
+def group_by_kind(layouts: list[StreamLayout], epilogues: list | None = None) -> dict[tuple, list[int]]:
+    """Indices of ``layouts`` per :func:`pe_kind`, kinds in first-seen order. With ``epilogues`` (layer units:
+    one :class:`~sw.intref.epilogue.LayerEpilogue` per layout), also per the epilogue's code widths (output and
+    pre-activation bits); its other widths are upper bounds
+    (:func:`~sw.intref.epilogue.superset_epilogue_format`)."""
     groups: dict[tuple, list[int]] = {}
     for i, layout in enumerate(layouts):
-        groups.setdefault(pe_kind(layout), []).append(i)
+        key = pe_kind(layout)
+        if epilogues is not None:
+            key += (epilogues[i].fmt.out_bits, epilogues[i].fmt.pre_bits)
+        groups.setdefault(key, []).append(i)
     return groups
 
 

@@ -28,26 +28,30 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from hw.config import PEConfig, group_by_kind
+from hw.epilogue import EpilogueConfig
+from hw.layer_unit import LayerUnitConfig
 from sw.errors import YoloqError
+from sw.intref.epilogue import superset_epilogue_format
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
 
 from . import DEFAULT_LANES, runner  # DEFAULT_LANES: defined with the package, for the CLI
 from .ecp5_memory import DP16KD_MODEL
-from .faults import FAULTS
+from .faults import EPILOGUE_FAULTS, FAULTS
 from .stimulus import LayerCase
 from .tb_pe import EXPECTED, MANIFEST, REPORT, RESULTS, compare, format_mismatch
-from .wrapper import (PE_MACRO, PROGRAM_FIELD_BITS, PROGRAM_FIELDS, TESTBENCH_HDL, TOP, MemoryDepths, pe_ports,
-                      pe_verilog, testbench_parameters)
+from .wrapper import (PE_MACRO, PROGRAM_FIELD_BITS, PROGRAM_FIELDS, TESTBENCH_HDL, TOP, UNIT_MACRO, MemoryDepths,
+                      pe_config, pe_ports, pe_verilog, testbench_parameters)
 
 MEMORIES = ("generic", "ecp5")
+UNITS = ("pe", "layer")
 
 
 class CosimError(YoloqError):
@@ -69,6 +73,7 @@ class Options:
     work: Path | None = None           # run folders are kept here (default: a temporary folder)
     waves: Path | None = None          # record a trace of each build's run into this folder (build<i>.fst/.vcd)
     progress: bool = True
+    unit: str = "pe"                   # pe: accumulators; layer: the layer unit's output codes (cases with epilogues)
 
     def validate(self) -> None:
         runner.check_simulator(self.sim)
@@ -76,8 +81,11 @@ class Options:
             raise CosimError(f"lanes must be from 1 to 256, got {self.lanes}")
         if not (0 <= self.idle <= 255 and 0 <= self.stall <= 255):
             raise CosimError(f"idle and stall are rates out of 256, from 0 to 255; got {self.idle}, {self.stall}")
-        if self.fault is not None and self.fault not in FAULTS:
-            raise CosimError(f"unknown fault {self.fault!r}; choose one of {', '.join(FAULTS)}")
+        if self.unit not in UNITS:
+            raise CosimError(f"unknown unit {self.unit!r}; choose one of {', '.join(UNITS)}")
+        faults = {**FAULTS, **EPILOGUE_FAULTS} if self.unit == "layer" else FAULTS
+        if self.fault is not None and self.fault not in faults:
+            raise CosimError(f"unknown fault {self.fault!r} for the {self.unit} unit; choose one of {', '.join(faults)}")
         if self.memory not in MEMORIES:
             raise CosimError(f"unknown memory {self.memory!r}; choose one of {', '.join(MEMORIES)}")
         if self.jobs < 1:
@@ -86,16 +94,24 @@ class Options:
 
 @dataclass
 class Build:
-    """One PE configuration and the layers it runs."""
+    """One PE (or layer unit) configuration and the layers it runs."""
 
-    cfg: PEConfig
+    cfg: PEConfig | LayerUnitConfig
     items: list[tuple[LayerCase, StreamLayout]]
 
     @property
+    def unit(self) -> bool:
+        return isinstance(self.cfg, LayerUnitConfig)
+
+    @property
+    def pe(self) -> PEConfig:
+        return pe_config(self.cfg)
+
+    @property
     def label(self) -> str:
-        f = self.cfg.fmt
-        kind = f"{f.weight_bits}-bit {'PWLQ' if f.pwlq else 'uniform'}"
-        return f"{self.cfg.mode} mode, {kind}, {len(self.items)} layer{'s' * (len(self.items) != 1)}"
+        f = self.pe.fmt
+        kind = f"{f.weight_bits}-bit {'PWLQ' if f.pwlq else 'uniform'}" + (", layer unit" if self.unit else "")
+        return f"{self.pe.mode} mode, {kind}, {len(self.items)} layer{'s' * (len(self.items) != 1)}"
 
 
 @dataclass
@@ -113,6 +129,8 @@ class CosimResult:
     builds: list[dict]
     timing: dict = field(default_factory=dict)
 
+    outputs_checked: int = 0           # layer unit: output codes (or Detect sums) compared
+
     @property
     def macs_per_s(self) -> float:
         return self.macs / self.seconds if self.seconds > 0 else 0.0
@@ -124,6 +142,7 @@ class CosimResult:
     def as_json(self) -> dict:
         cosim = self.timing.get("cosim_wall", self.seconds)
         return {"macs": self.macs, "mismatches": self.mismatches, "seconds": round(self.seconds, 3),
+                "outputs_checked": self.outputs_checked,
                 "macs_per_s": round(self.macs_per_s, 1), "results": self.results,
                 "cosim_seconds": round(cosim, 3), "cosim_macs_per_s": round(self.macs / cosim, 1) if cosim else 0.0,
                 "timing": self.timing,
@@ -132,18 +151,33 @@ class CosimResult:
 
 
 # ---- planning -------------------------------------------------------------------------------------------------
-def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False) -> list[Build]:
+def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False, unit: str = "pe") -> list[Build]:
     """Exact: one PE per layer. Otherwise one superset PE per :func:`hw.config.pe_kind` (mode, lanes, k, PWLQ,
-    A, F), in first-seen order: the same modules ``hw build`` writes."""
+    A, F), in first-seen order: the same modules ``hw build`` writes. ``unit="layer"``: each PE followed by the
+    epilogue that covers its layers' (grouped also by the epilogue's code widths, every other width the
+    largest: :func:`~sw.intref.epilogue.superset_epilogue_format`), as wide as the PE's accumulator."""
+    if unit == "layer":
+        for case in cases:
+            if case.epilogue is None:
+                raise CosimError(f"{case.name}: no epilogue to co-simulate the layer unit with")
     layouts = [StreamLayout.build(case.contract, lanes, mode_for(case.contract.granularity)) for case in cases]
-    groups = [[i] for i in range(len(cases))] if exact else list(group_by_kind(layouts).values())
+    epilogues = [case.epilogue for case in cases] if unit == "layer" else None
+    groups = [[i] for i in range(len(cases))] if exact else list(group_by_kind(layouts, epilogues).values())
     plan = []
     for indices in groups:
         chosen = [layouts[i] for i in indices]
         cfg = PEConfig.for_layer(chosen[0]) if exact else PEConfig.superset(chosen)
         for lay in chosen:
             cfg.check_fits(lay)
-        plan.append(Build(cfg, [(cases[i], layouts[i]) for i in indices]))
+        items = [(cases[i], layouts[i]) for i in indices]
+        if unit == "layer":
+            fmt = superset_epilogue_format([case.epilogue.fmt for case, _ in items])
+            fmt = replace(fmt, acc_bits=max(fmt.acc_bits, cfg.acc_bits))
+            epilogue = EpilogueConfig(fmt, max(case.epilogue.channels for case, _ in items))
+            for case, _ in items:
+                epilogue.check_fits(case.epilogue)
+            cfg = LayerUnitConfig(cfg, epilogue)
+        plan.append(Build(cfg, items))
     return plan
 
 
@@ -152,15 +186,25 @@ def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
     """The memories, program, expected values and manifest of one build, in ``run_dir``; memory depths and
     the number of words in each file."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, stream = build.cfg, build.cfg.stream
-    bases = {"weights": 0, "acts": 0, "params": 0}
+    cfg = build.pe
+    stream = cfg.stream
+    bases = {"weights": 0, "acts": 0, "params": 0, "epilogue": 0, "table": 0}
     program, expected, layers = [], [], []
     offset = 0
     with open(run_dir / "weights.hex", "wb") as wf, open(run_dir / "acts.hex", "wb") as af, \
-            open(run_dir / "params.hex", "wb") as pf:
+            open(run_dir / "params.hex", "wb") as pf, open(run_dir / "epilogue.hex", "wb") as ef, \
+            open(run_dir / "table.hex", "wb") as tf:
         for case, layout in build.items:
             entry = {"param_base": bases["params"], "weight_base": bases["weights"], "act_base": bases["acts"],
-                     "beats": layout.beats, "outs": case.contract.shape[0], "positions": len(case.columns)}
+                     "beats": layout.beats, "outs": case.contract.shape[0], "positions": len(case.columns),
+                     "epilogue_base": bases["epilogue"], "table_base": bases["table"]}
+            if build.unit:  # the epilogue's parameter words (at the build's widths) and its table
+                ep_cfg = build.cfg.epilogue
+                ep_cfg.check_fits(case.epilogue)
+                ef.write(hex_lines(ep_cfg.param_bits(case.epilogue)))
+                tf.write(hex_lines(ep_cfg.table_bits(case.epilogue)))
+                bases["epilogue"] += case.epilogue.channels
+                bases["table"] += case.epilogue.fmt.lut_entries
             for key, fh, (fields, rows) in (("weights", wf, layout.weight_fields(stream)),
                                             ("acts", af, layout.act_fields(case.columns, stream)),
                                             ("params", pf, layout.param_fields(cfg.param_format))):
@@ -168,10 +212,11 @@ def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
                 bases[key] += rows
             entry["param_count"] = layout.param_words
             program.append([entry[name] for name in PROGRAM_FIELDS])
-            flat = np.asarray(case.expected, dtype=np.int64).reshape(-1)
+            flat = np.asarray(case.outputs if build.unit else case.expected, dtype=np.int64).reshape(-1)
             expected.append(flat)
             layers.append({"name": case.name, "outs": case.contract.shape[0], "fan_in": case.contract.fmt.fan_in,
-                           "positions": [_label(p) for p in case.positions], "offset": offset, "count": len(flat)})
+                           "positions": [_label(p) for p in case.positions], "offset": offset, "count": len(flat),
+                           "compare": case.compare if build.unit else "acc"})
             offset += len(flat)
     program.append([0] * len(PROGRAM_FIELDS))  # outs = 0: the end
     prog = np.array(program, dtype=np.int64)
@@ -179,14 +224,17 @@ def write_run(build: Build, run_dir: Path) -> tuple[MemoryDepths, dict]:
         [(prog[:, i:i + 1], PROGRAM_FIELD_BITS) for i in range(len(PROGRAM_FIELDS))], len(prog))))
     np.save(run_dir / EXPECTED, np.concatenate(expected) if expected else np.zeros(0, np.int64))
     interfaces: dict[str, dict[str, str]] = {}  # the PE's ports by interface and member, for the testbench
-    for (interface, member), name in pe_ports(cfg).items():
-        interfaces.setdefault(interface, {})[member] = name
-    (run_dir / MANIFEST).write_text(json.dumps({"layers": layers, "pe_ports": interfaces}))
+    for path, name in pe_ports(build.cfg).items():  # (a plain port, e.g. the unit's ``channels``: its own name)
+        interfaces.setdefault(path[0], {})["_".join(path[1:]) or path[0]] = name
+    (run_dir / MANIFEST).write_text(json.dumps({"layers": layers, "pe_ports": interfaces, "unit": build.unit}))
     (run_dir / RESULTS).unlink(missing_ok=True)
     (run_dir / REPORT).unlink(missing_ok=True)
     words = {"weights_words": bases["weights"], "acts_words": bases["acts"], "params_words": bases["params"],
              "program_words": len(program)}
-    return MemoryDepths.for_sizes(bases["weights"], bases["acts"], bases["params"], len(build.items)), words
+    if build.unit:
+        words.update({"epilogue_words": bases["epilogue"], "table_words": bases["table"]})
+    return MemoryDepths.for_sizes(bases["weights"], bases["acts"], bases["params"], len(build.items),
+                                  bases["epilogue"], bases["table"]), words
 
 
 def _write_hex(fh, fields: list, rows: int, chunk: int = 1 << 16) -> None:
@@ -250,8 +298,9 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     sources = {f"{pe_name}.v": pe_src, f"{TOP}.v": TESTBENCH_HDL.read_text()}
     if opts.memory == "ecp5":
         sources["dp16kd_model.v"] = DP16KD_MODEL.read_text()
+    defines = {PE_MACRO: pe_name, **({UNIT_MACRO: 1} if build.unit else {})}
     build_dir = runner.build(opts.sim, sources, opts.cache, public=tuple(pe_ports(build.cfg).values()),
-                             parameters=testbench_parameters(build.cfg, depths), defines={PE_MACRO: pe_name},
+                             parameters=testbench_parameters(build.cfg, depths), defines=defines,
                              waves=opts.waves is not None)
     t2 = time.perf_counter()
     with _LayerProgress(bar, run_dir / RESULTS, len(build.items)):
@@ -272,8 +321,8 @@ def _run_build(index: int, build: Build, opts: Options, work: Path, bar, timing:
     with lock:
         for key, dt in (("stimulus", t1 - t0), ("build", t2 - t1), ("simulate", t3 - t2)):
             timing[key] = timing.get(key, 0.0) + dt
-    return {"label": build.label, "pe": pe_name, "lanes": build.cfg.lanes, "mode": build.cfg.mode,
-            "acc_bits": build.cfg.acc_bits, "build_dir": str(build_dir), "run_dir": str(run_dir),
+    return {"label": build.label, "pe": pe_name, "lanes": build.pe.lanes, "mode": build.pe.mode,
+            "acc_bits": build.pe.acc_bits, "unit": "layer" if build.unit else "pe", "build_dir": str(build_dir), "run_dir": str(run_dir),
             "passed": outcome.passed, "cycles": report.get("cycles"), "beats": report.get("beats"),
             "waves": str(waves) if waves else None, "protocol_errors": report.get("protocol_errors"),
             "sim_seconds": round(t3 - t2, 3), "report": report}
@@ -285,7 +334,7 @@ def cosimulate(cases: list[LayerCase], opts: Options = Options()) -> CosimResult
     if not cases:
         raise CosimError("no layers to co-simulate")
     t0 = time.perf_counter()
-    plan = plan_builds(cases, opts.lanes, opts.exact)
+    plan = plan_builds(cases, opts.lanes, opts.exact, opts.unit)
     timing: dict = {"plan": time.perf_counter() - t0}
     lock = threading.Lock()
     tmp = None
@@ -315,13 +364,17 @@ def cosimulate(cases: list[LayerCase], opts: Options = Options()) -> CosimResult
                        seconds=seconds, results=sum(r["results"] for r in reports),
                        layers=[lay for r in reports for lay in r["layers"]],
                        listed=[row for r in reports for row in r["listed"]], problems=problems,
-                       builds=builds, timing=timing)
+                       builds=builds, timing=timing, outputs_checked=sum(r["results"] for r in reports))
 
 
 def summary(result: CosimResult, sim: str) -> str:
     """The lines ``yoloq hw cosim`` prints."""
-    lines = [f"{sim}: {result.macs:,} MACs verified in {result.results:,} dot products, "
-             f"{result.mismatches} mismatches, {result.seconds:.1f} s, {result.macs_per_s:,.0f} MACs/s"]
+    if any(b.get("unit") == "layer" for b in result.builds):
+        lines = [f"{sim}: layer unit, {result.outputs_checked:,} outputs checked ({result.macs:,} MACs), "
+                 f"{result.mismatches} mismatches, {result.seconds:.1f} s"]
+    else:
+        lines = [f"{sim}: {result.macs:,} MACs verified in {result.results:,} dot products, "
+                 f"{result.mismatches} mismatches, {result.seconds:.1f} s, {result.macs_per_s:,.0f} MACs/s"]
     t = result.timing
     if "cosim_wall" in t:
         parts = ", ".join(f"{k} {t[k]:.1f} s" for k in ("quantize", "capture") if t.get(k))

@@ -117,7 +117,8 @@ def build_environment(sim: str) -> dict[str, str]:
 def public_vlt(pe_ports: tuple[str, ...]) -> str:
     """Verilator control file: the signals the cocotb testbench (sim/tb_pe.py) reads or drives."""
     lines = ["`verilator_config", 'public_flat_rw -module "yoloq_cosim_tb" -var "*"']
-    lines += [f'public_flat_rw -module "yoloq_pe_*" -var "{name}"' for name in pe_ports]
+    lines += [f'public_flat_rw -module "{module}" -var "{name}"' for name in pe_ports
+              for module in ("yoloq_pe_*", "yoloq_unit_*")]
     return "\n".join(lines) + "\n"
 
 

@@ -24,22 +24,38 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sw.intref.contract import LayerContract
+from sw.intref.epilogue import LayerEpilogue
 
 
 @dataclass
 class LayerCase:
-    """One layer's dot products to verify: ``columns`` [P, N] activation codes, ``expected`` [P, o] int64."""
+    """One layer's dot products to verify: ``columns`` [P, N] activation codes, ``expected`` [P, o] int64
+    accumulators.
+
+    For the layer unit (PE + epilogue) also its ``epilogue`` and ``outputs`` [P, o] int64, what the unit must
+    produce: the output codes (``compare="code"``), or ``t = acc + K_c`` for a conv whose output is not
+    requantized (``compare="sum"``: a Detect conv).
+    """
 
     contract: LayerContract
     columns: np.ndarray
     expected: np.ndarray
     positions: list = field(default_factory=list)  # a label per row of ``columns`` for reports, e.g. (image, y, x)
+    epilogue: LayerEpilogue | None = None
+    outputs: np.ndarray | None = None
+    compare: str = "code"
 
     def __post_init__(self):
         p, n = self.columns.shape
         if n != self.contract.fmt.fan_in or self.expected.shape != (p, self.contract.shape[0]):
             raise ValueError(f"{self.contract.name}: columns {self.columns.shape} and expected "
                              f"{self.expected.shape} do not fit the layer {self.contract.shape}")
+        if self.compare not in ("code", "sum"):
+            raise ValueError(f"{self.contract.name}: compare must be 'code' or 'sum', got {self.compare!r}")
+        if (self.epilogue is None) != (self.outputs is None) or \
+                (self.outputs is not None and self.outputs.shape != self.expected.shape):
+            raise ValueError(f"{self.contract.name}: a layer-unit case needs an epilogue and outputs of "
+                             f"shape {self.expected.shape}")
         lo, hi = self.contract.fmt.act_range
         if self.columns.size and (self.columns.min() < lo or self.columns.max() > hi):
             raise ValueError(f"{self.contract.name}: activation codes outside [{lo}, {hi}]")

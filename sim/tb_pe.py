@@ -26,18 +26,22 @@ REPORT = "report.json"
 MISMATCHES_LISTED = 50
 
 
-def read_results(path: Path, layers: int) -> tuple[list[np.ndarray], str | None]:
-    """Per layer, the accumulators in the order they came out; and a problem description, if any."""
+def read_results(path: Path, layers: int, columns: list[int] | None = None,
+                 width: int = 2) -> tuple[list[np.ndarray], str | None]:
+    """Per layer, the values in the order they came out; and a problem description, if any. A line is
+    ``<layer> <value>...`` of ``width`` numbers (PE: the accumulator; layer unit: code, sum); ``columns``
+    picks each layer's value (default: the first after the layer)."""
     text = Path(path).read_text() if Path(path).exists() else ""
     tokens = text.split()
-    if len(tokens) % 2:
+    if len(tokens) % width:
         return [np.zeros(0, np.int64)] * layers, f"{path}: truncated line"
     try:
-        pairs = np.array(tokens, dtype=np.int64).reshape(-1, 2)
+        pairs = np.array(tokens, dtype=np.int64).reshape(-1, width)
     except ValueError:  # an X or Z in a result prints as x/z
         bad = next(t for t in tokens if not t.lstrip("-").isdigit())
         return [np.zeros(0, np.int64)] * layers, f"{path}: non-numeric result {bad!r} (X or Z on results.payload)"
-    out = [pairs[pairs[:, 0] == i, 1] for i in range(layers)]
+    columns = columns or [1] * layers
+    out = [pairs[pairs[:, 0] == i, columns[i]] for i in range(layers)]
     stray = int((pairs[:, 0] >= layers).sum())
     return out, (f"{stray} results after the last layer" if stray else None)
 
@@ -48,7 +52,9 @@ def compare(run_dir: Path, listed: int = MISMATCHES_LISTED) -> dict:
     manifest = json.loads((run_dir / MANIFEST).read_text())
     expected = np.load(run_dir / EXPECTED)
     layers = manifest["layers"]
-    got, problem = read_results(run_dir / RESULTS, len(layers))
+    unit = manifest.get("unit", False)  # layer unit: lines are "<layer> <code> <sum>"
+    columns = [2 if layer.get("compare") == "sum" else 1 for layer in layers]
+    got, problem = read_results(run_dir / RESULTS, len(layers), columns, 3 if unit else 2)
     problems = [problem] if problem else []
     mismatches, listed_rows, results, macs = 0, [], 0, 0
     per_layer = []
@@ -102,7 +108,7 @@ class CosimTB:
         self.dut = dut
         self.log = dut._log
         self.elements = _bus(dut.pe, pe_ports["elements"])
-        self.results = _bus(dut.pe, pe_ports["results"])
+        self.results = _bus(dut.pe, pe_ports["results"] if "results" in pe_ports else pe_ports["outputs"])
         self.params = _bus(dut.pe, pe_ports["params"])
 
     async def reset(self, cycles: int = 3) -> None:

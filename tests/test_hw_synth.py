@@ -37,3 +37,18 @@ def test_synth_cli_rejects_bad_requests(tmp_path, capsys):
     assert "--lanes must be from 1 to 256" in capsys.readouterr().err
     assert main(["hw", "synth-table", "--lanes", "x", "-o", str(tmp_path)]) == 2
     assert "--lanes: expected comma-separated integers" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_layer_unit_places_and_routes_with_its_memories_in_block_ram(tmp_path):
+    """The layer unit (PE + epilogue) places and routes on ECP5; the PE's and the epilogue's parameter memories
+    and the activation table (2^12 x 8 bits: two DP16KD) are block RAMs, not logic."""
+    from hw.epilogue import EpilogueConfig
+    from hw.layer_unit import LayerUnitConfig
+    from hw.synth_configs import model_epilogue_format, write_layer_unit
+
+    unit = LayerUnitConfig(SMALL, EpilogueConfig(model_epilogue_format(SMALL), 64))
+    verilog, _ = write_layer_unit(unit, "unit_small", tmp_path, memory="ecp5")
+    r = synthesize(verilog, "unit_small", "ecp5", tmp_path / "ecp5")
+    assert r.bram >= 4 and r.dsp == 0 and r.ff < 20000
+    assert 50 < r.fmax_mhz < 500

@@ -312,7 +312,9 @@ def test_cosim_cli_on_a_yolov7_layer(yolov7_pwlq_mix3, tmp_path, capsys):
 def test_cosim_cli_errors(yolov7_pwlq_mix3, tmp_path, monkeypatch, capsys):
     q = str(yolov7_pwlq_mix3)
     assert main(["hw", "cosim", "--quantized", q, "--positions", "0"]) == 2
-    assert "--positions must be at least 1" in capsys.readouterr().err
+    assert "--positions must be 'all' or at least 1" in capsys.readouterr().err
+    assert main(["hw", "cosim", "--quantized", q, "--positions", "all"]) == 2
+    assert "--positions all needs --unit layer" in capsys.readouterr().err
     assert main(["hw", "cosim", "--quantized", q, "--layers", "model.999.conv", "--quiet"]) == 2
     assert "no layer 'model.999.conv'" in capsys.readouterr().err
     assert main(["hw", "cosim"]) == 2

@@ -59,14 +59,26 @@ def add_parser(sub) -> None:
                                   "sized for all its layers, as DIR/<module>.v with an empty parameter memory; "
                                   "per layer DIR/<layer>/params.hex (parameter words, written through the PE's "
                                   "params port from address 0) and DIR/<layer>/weights.hex (weight beats); "
-                                  "DIR/manifest.json says which module and files each layer uses.")
+                                  "DIR/manifest.json says which module and files each layer uses. --unit layer: "
+                                  "a layer unit (PE + integer epilogue) per layer instead, each in its own folder "
+                                  "(DIR/<layer>/ with --all-layers) with its memories initialised, epilogue.hex, "
+                                  "table.hex and manifest.json.")
     b.add_argument("--quantized", required=True, help="quantized artifact from `yoloq quantize`")
     which = b.add_mutually_exclusive_group(required=True)
     which.add_argument("--layer", help="layer name, e.g. model.2.cv1.conv")
     which.add_argument("--all-layers", action="store_true", help="every quantized layer of the model")
     b.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle L (default 16)")
     b.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
+    b.add_argument("--unit", choices=("pe", "layer"), default="pe",
+                   help="pe: the processing element alone (default); layer: the layer unit, PE + integer epilogue "
+                        "(also epilogue.hex and table.hex; activation scales are calibrated on coco128 first)")
+    b.add_argument("--calib", metavar="DIR", help="--unit layer: calibration images "
+                                                  "(default <data>/coco128/images/train2017)")
+    b.add_argument("--calib-images", type=int_in(1), default=32, help="--unit layer: calibration images used "
+                                                                     "(default 32)")
+    b.add_argument("--img", type=int_in(32, 8192), default=640, help="--unit layer: calibration size (default 640)")
     b.add_argument("-o", "--output", required=True, help="output folder")
+    add_data_arg(b)
     b.set_defaults(run=run_build)
 
     f = hw.add_parser("formats", help="hardware-exact mAP over activation bits x scale bits",
@@ -102,6 +114,8 @@ def run_build(args) -> int:
     layers = [(LayerContract.from_record(name, qm.layers[name].qt, args.act_bits, qm.spec.scale_bits),
                qm.layers[name].qt) for name in names]
     out = Path(args.output)
+    if args.unit == "layer":
+        return _build_units(args, qm, names, [(c, qt, out / c.name if args.all_layers else out) for c, qt in layers])
     manifest = build_model(layers, args.lanes, out, lint=False)
     for m in manifest["modules"]:
         print(f"{out / m['verilog']}: {m['pe']['mode']} mode, {m['pe']['lanes']} lanes, acc {m['pe']['acc_bits']} "
@@ -111,6 +125,25 @@ def run_build(args) -> int:
         print(f"{entry['layer']}: {entry['module']}, {out / entry['params_hex']}, {out / entry['weights_hex']} "
               f"(lane use {entry['stream']['lane_utilisation']:.0%}, {entry['storage']['total_bits']:,} storage bits)")
     print(f"{out / 'manifest.json'}: {len(manifest['modules'])} PE modules for {len(manifest['layers'])} layers")
+    return 0
+
+
+def _build_units(args, qm, names, layers) -> int:
+    """``hw build --unit layer``: the integer network gives each layer's epilogue (calibrated as far as the
+    last chosen layer), then a layer unit per layer."""
+    from hw.layer_build import build_layer_units, network_epilogues
+
+    from ..intref.intnet import integer_network
+
+    net = integer_network(qm, calib_dir(args), args.act_bits, qm.spec.scale_bits, args.calib_images,
+                          progress=True, upto=names, img_size=args.img)
+    epilogues = network_epilogues(net, names)
+    units = [(c, qt, epilogues[c.name], folder) for c, qt, folder in layers]
+    for (_, _, _, folder), name, m in zip(units, names, build_layer_units(units, args.lanes)):
+        e = m["epilogue"]
+        print(f"{name}: {folder / m['verilog']} (layer unit, {m['pe']['lanes']} lanes, acc {m['pe']['acc_bits']} "
+              f"bits, epilogue {e['format']['offset_bits']}-bit K, {e['format']['pre_bits']}-bit pre-activation, "
+              f"{e['activation']}; latency {m['latency_cycles']})")
     return 0
 
 

@@ -1,7 +1,9 @@
 """``yoloq hw cosim``: every weight of a model's layers through the RTL, compared bit for bit with ``sw``.
 
 The layers' activations come from real COCO images run through the hardware-exact network; the processing
-element is co-simulated with cocotb in Icarus or Verilator (see sim/README.md).
+element is co-simulated with cocotb in Icarus or Verilator (see sim/README.md). With ``--unit layer`` the
+layer unit (PE + integer epilogue) is co-simulated on whole feature maps of the integer-only network instead,
+and its output codes are compared code for code.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from .hw_common import pe_layer_names, quantized_layers
 
 
 def add_parser(hw_subparsers) -> None:
-    from hw import PE_FAULTS
+    from hw import EPILOGUE_FAULTS, PE_FAULTS
     from sim import DEFAULT_LANES, SIMULATORS
 
     p = hw_subparsers.add_parser(
@@ -26,13 +28,20 @@ def add_parser(hw_subparsers) -> None:
                     "with activations captured from real COCO images (hardware-exact network, activation "
                     "scales calibrated on coco128) and random idle cycles and back-pressure. Every accumulator is "
                     "compared with sw's integer reference. Without --quantized the weights are quantized first "
-                    "(the flags of `yoloq quantize`). Exit status 1 if any result differs.")
+                    "(the flags of `yoloq quantize`). --unit layer co-simulates the layer unit (PE + integer "
+                    "epilogue) on whole feature maps instead: every output position of each layer (--positions "
+                    "all, its default there) on a real image through the integer-only network, each output code "
+                    "(a Detect conv: t = acc + K_c) compared code for code. Exit status 1 if any result differs.")
     p.add_argument("--weights", help="checkpoint to quantize (official .pt or state_dict)")
     p.add_argument("--quantized", help="quantized artifact from `yoloq quantize` (then nothing is re-quantized)")
     p.add_argument("--layers", nargs="+", default=["all"], metavar="NAME",
                    help="`all` (default) or layer names, e.g. model.2.cv1.conv")
-    p.add_argument("--positions", type=int, default=1, metavar="N",
-                   help="output positions per layer, each with every output channel's full dot product (default 1)")
+    p.add_argument("--unit", choices=("pe", "layer"), default="pe",
+                   help="pe: the PE's accumulators (default); layer: the layer unit's output codes on feature maps "
+                        "of the integer-only network (JSON: outputs_checked, mismatches, seconds)")
+    p.add_argument("--positions", default=None, metavar="N|all",
+                   help="output positions per layer, each with every output channel's full dot product "
+                        "(default 1; with --unit layer: all, the whole feature map)")
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default icarus)")
     p.add_argument("--json", metavar="OUT", help="write macs, mismatches, seconds, macs_per_s and details")
     g = p.add_argument_group("testbench")
@@ -46,8 +55,9 @@ def add_parser(hw_subparsers) -> None:
     g.add_argument("--seed", type=int_in(0), default=1, help="seed of the positions and of the idle/stall generator")
     g.add_argument("--idle", type=int, default=32, help="idle cycles on elements.valid, per 256 (default 32)")
     g.add_argument("--stall", type=int, default=32, help="results.ready low, per 256 cycles (default 32)")
-    g.add_argument("--fault", choices=PE_FAULTS,
-                   help="build a deliberately wrong PE (mutation check): the run must report mismatches")
+    g.add_argument("--fault", choices=PE_FAULTS + EPILOGUE_FAULTS,
+                   help="build a deliberately wrong PE or (--unit layer) epilogue (mutation check): the run must "
+                        "report mismatches")
     g.add_argument("--jobs", type=int, default=2, help="simulations run at once (default 2)")
     g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
     g.add_argument("--waves", metavar="DIR", help="record a trace of each PE build's run into DIR (Icarus: "
@@ -85,13 +95,12 @@ def run(args) -> int:
     t0 = time.perf_counter()
     if not args.weights and not args.quantized:
         raise CosimError("give --weights (quantized first) or --quantized")
-    if args.positions < 1:
-        raise CosimError(f"--positions must be at least 1, got {args.positions}")
+    positions = _positions(args.positions, args.unit)
     if args.images < 1:
         raise CosimError(f"--images must be at least 1, got {args.images}")
     opts = Options(sim=args.sim, lanes=args.lanes, exact=args.exact, seed=args.seed, idle=args.idle,
                    stall=args.stall, fault=args.fault, jobs=args.jobs, work=Path(args.keep) if args.keep else None,
-                   waves=Path(args.waves) if args.waves else None, progress=not args.quiet)
+                   waves=Path(args.waves) if args.waves else None, progress=not args.quiet, unit=args.unit)
     opts.validate()  # a missing simulator fails here, before minutes of quantizing
     check_output_file(args.json, "--json")
     check_output_dir(args.keep, "--keep")
@@ -101,9 +110,16 @@ def run(args) -> int:
     names = pe_layer_names(qm, None if args.layers == ["all"] else args.layers, args.quantized or args.weights)
     calib = calib_dir(args)
     t1 = time.perf_counter()
-    cases = network_cases(qm, names, args.positions, image_paths(coco_root(args), args.images), calib,
-                          HardwareFormat(args.act_bits, qm.spec.scale_bits, args.calib_images), args.img,
-                          args.seed, progress=not args.quiet)
+    fmt = HardwareFormat(args.act_bits, qm.spec.scale_bits, args.calib_images)
+    images = image_paths(coco_root(args), args.images)
+    if args.unit == "layer":
+        from sim.featuremap import feature_map_cases
+
+        cases = feature_map_cases(qm, names, positions, images, calib, fmt, args.img, args.seed,
+                                  progress=not args.quiet)
+    else:
+        cases = network_cases(qm, names, positions, images, calib, fmt, args.img, args.seed,
+                              progress=not args.quiet)
     capture_s = time.perf_counter() - t1
     result = cosimulate(cases, opts)
     result.seconds = time.perf_counter() - t0  # the whole command: what "every weight through the RTL" costs
@@ -111,7 +127,27 @@ def run(args) -> int:
     print(summary(result, args.sim))
     if args.json:
         write_json(args.json, {**result.as_json(), "sim": args.sim, "lanes": args.lanes, "exact": args.exact,
-                               "positions": args.positions, "images": args.images, "layers_run": len(cases),
+                               "unit": args.unit, "positions": "all" if positions is None else positions,
+                               "images": args.images, "layers_run": len(cases),
                                "weights": sum(c.contract.codes.numel() for c in cases),
                                "spec": qm.spec.as_dict(), "fault": args.fault})
     return 0 if result.ok else 1
+
+
+def _positions(text: str | None, unit: str) -> int | None:
+    """``--positions``: an int >= 1, or ``all`` (None: every output position; the layer unit's default)."""
+    from sim.cosim import CosimError
+
+    if text is None:
+        return None if unit == "layer" else 1
+    if text == "all":
+        if unit != "layer":
+            raise CosimError("--positions all needs --unit layer (the PE alone is checked at sampled positions)")
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise CosimError(f"--positions must be 'all' or at least 1, got {text!r}")
+    return value
