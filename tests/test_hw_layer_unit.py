@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from hw.config import PEConfig
 from hw.epilogue import EpilogueConfig
-from hw.layer_unit import LayerUnit, LayerUnitConfig
+from hw.layer_unit import LayerUnit, LayerUnitConfig, RegisterSlice
 from sw.intref.contract import ActQuant, LayerContract
 from sw.intref.epilogue import derive_epilogue
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
@@ -150,7 +150,7 @@ def test_layer_unit_build_lints_clean_and_its_files_hold_the_layer(tmp_path):
     table = [int(line, 16) for line in (tmp_path / "table.hex").read_text().split()]
     assert table == cfg.table_init(ep) and len(table) == 1 << ep.fmt.pre_bits
     assert manifest["unit"] == "layer" and manifest["latency_cycles"] == manifest["pe"]["latency_cycles"] + \
-        manifest["epilogue"]["latency_cycles"]
+        RegisterSlice.LATENCY + manifest["epilogue"]["latency_cycles"]
     names = {p["name"] for p in manifest["ports"]}
     assert {"elements__payload", "outputs__payload", "epilogue_params__data", "table__data", "channels"} <= names
     saved = json.loads((tmp_path / "manifest.json").read_text())
