@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parent.parent
 SPINNER = """
 import torch
 a = torch.randn(192, 192)
+(a @ a).sort(dim=1)
+print("spinning", flush=True)
 while True:
     (a @ a).sort(dim=1)
 """
@@ -70,9 +72,13 @@ def run_measure(task: str, images: int, policy: bool) -> float:
 
 def busy(fn):
     """``fn()`` while the default-settings torch loop runs beside it."""
-    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], env=clean_env())
+    spinner = subprocess.Popen([sys.executable, "-c", SPINNER], env=clean_env(), stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # let it load torch and start spinning
+        # wait until it really runs its loop: importing torch alone can take longer than a fixed sleep on a
+        # loaded machine, and the busy figure must not be taken beside a process that is still starting
+        if spinner.stdout.readline().strip() != "spinning":
+            raise RuntimeError("the competing torch process did not start")
+        time.sleep(1.0)  # its OpenMP threads up and spinning
         return fn()
     finally:
         spinner.kill()
