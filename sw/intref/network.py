@@ -40,6 +40,9 @@ class IntegerConv2d(nn.Module):
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
         # 2^-E s_a as one factor: scaling by a power of two is exact, so c * (2^-E s_a) == (c * 2^-E) * s_a
         self.out_scale = 2.0 ** -contract.shift * act.scale
+        # one-element float64 tensors: an operation with a float32 tensor then computes in float64
+        self.out_scale_t = torch.tensor([self.out_scale], dtype=torch.float64)
+        self.act_scale = torch.tensor([act.scale], dtype=torch.float64)
         # the conv of the centred codes x - z_a, |x - z_a| <= max(z_a - qmin, qmax - z_a): planned once
         lo, hi = contract.fmt.act_range
         self.conv = ExactConv(self.weight_int, max(act.zero_point - lo, hi - act.zero_point))
@@ -52,24 +55,23 @@ class IntegerConv2d(nn.Module):
 
     def accumulate_codes(self, x_int: torch.Tensor) -> torch.Tensor:
         """The PE's accumulators (int64 [n, o, h, w]) for input codes ``x_int`` (integer-valued, any dtype):
-        the conv's zero padding is the code z_a. Computed as :meth:`centred_codes` plus ``z_a sum(W)``: the
+        the conv's zero padding is the code z_a. Computed as the conv of the centred codes plus ``z_a sum(W)``: the
         same integers (padding with z_a adds exactly the z_a sum(W) that the centred conv leaves out)."""
         centred = self.conv.int64(x_int.double() - self.act.zero_point, self.stride, self.padding)
         return centred + self.zero_point_term.view(1, -1, 1, 1)
 
-    def centred_codes(self, x_centred: torch.Tensor) -> torch.Tensor:
-        """``accumulate - z_a sum(W)`` (float64, exact below 2^53) of centred codes ``x - z_a``: the conv
-        with zero padding."""
-        return self.conv.double(x_centred, self.stride, self.padding)
-
     def centred(self, x: torch.Tensor) -> torch.Tensor:
-        """``accumulate(x) - z_a sum(W)`` (float64) of float input ``x``. The codes are quantized straight to
-        ``x - z_a``: ``clamp(round(x / s_a), qmin - z_a, qmax - z_a)`` is ``clamp(round(x / s_a) + z_a, qmin,
-        qmax) - z_a`` (integers; adding z_a commutes with the clamp)."""
+        """``accumulate(x) - z_a sum(W)`` of float input ``x``, as exact integer values in a float tensor
+        (:meth:`ExactConv.values`; float64 of the int64 result where the plan's bound exceeds 2^53). The codes
+        are quantized straight to ``x - z_a``: ``clamp(round(x / s_a), qmin - z_a, qmax - z_a)`` is
+        ``clamp(round(x / s_a) + z_a, qmin, qmax) - z_a`` (integers; adding z_a commutes with the clamp), and
+        the division is float64's (a float64 operand of one element takes part in type promotion)."""
         lo, hi = self.contract.fmt.act_range
         z = self.act.zero_point
-        x_centred = torch.round(x.double() / self.act.scale).clamp_(lo - z, hi - z)
-        return self.centred_codes(x_centred)
+        x_centred = torch.div(x, self.act_scale).round_().clamp_(lo - z, hi - z)
+        if not self.conv.exact_double:
+            return self.conv.int64(x_centred, self.stride, self.padding).double()
+        return self.conv.values(x_centred, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.keep_acc:  # the accumulators themselves, as the PE computes them
@@ -77,7 +79,8 @@ class IntegerConv2d(nn.Module):
             centred = (self.last_acc - self.zero_point_term.view(1, -1, 1, 1)).double()
         else:
             centred = self.centred(x)
-        y = (centred * self.out_scale).float()
+        # (centred * 2^-E s_a) in float64, rounded to float32 on the way out: out= casts the float64 result
+        y = torch.mul(centred, self.out_scale_t, out=torch.empty(centred.shape, dtype=torch.float32))
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
 
 
