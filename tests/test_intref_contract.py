@@ -205,3 +205,14 @@ def test_integer_conv2d_module_epilogue():
     # and it approximates the float conv of the dequantized activations with hardware weights
     ref = F.conv2d(act.dequantize(act.quantize(x)), c.weight_float(), padding=1).float() + conv.bias.view(1, -1, 1, 1)
     torch.testing.assert_close(y, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_float32_convs_are_refused_when_onednn_is_off():
+    """With oneDNN disabled torch may run float32 convs through NNPACK's rounding Winograd/FFT algorithms."""
+    import torch.backends.mkldnn as mkldnn
+
+    from sw.intref.conv import float32_conv_is_ieee
+
+    assert float32_conv_is_ieee()  # the default settings of the CPU wheel
+    with mkldnn.flags(enabled=False):
+        assert not float32_conv_is_ieee() or not torch.backends.nnpack.is_available()

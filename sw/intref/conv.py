@@ -36,8 +36,11 @@ MAX_FLOAT32_DIGITS = 3
 def float32_conv_is_ieee() -> bool:
     """True when CPU float32 convs compute in IEEE single precision: no TF32 or bfloat16 down-conversion
     (``torch.backends.mkldnn.conv.fp32_precision`` and the settings it inherits, and the legacy matmul
-    precision) has been asked for. Otherwise :class:`ExactConv` uses float64."""
+    precision) has been asked for, and oneDNN is on. With oneDNN off, torch sends batches of 16 or more to
+    NNPACK, whose Winograd and FFT convolutions round; so that, too, sends :class:`ExactConv` to float64."""
     b = torch.backends
+    if not (b.mkldnn.is_available() and b.mkldnn.enabled) and b.nnpack.is_available():
+        return False
     settings = [getattr(getattr(b.mkldnn, "conv", None), "fp32_precision", "none"),
                 getattr(b.mkldnn, "fp32_precision", "none"), getattr(b, "fp32_precision", "none")]
     return all(s in ("none", "ieee") for s in settings) and torch.get_float32_matmul_precision() == "highest"
