@@ -215,9 +215,13 @@ class Epilogue(wiring.Component):
         m.d.comb += queue.admit.eq(taken)
 
         # the channel of the result being taken, and its parameter word READ_LATENCY cycles later
+        # (the last channel's index registered: ``channels`` is held while a layer runs, and the counter's
+        # compare then starts at registers, not at a subtraction from the input)
         channel = Signal(cfg.channel_bits, name="channel")
+        last = Signal(cfg.count_bits, name="last_channel")
+        m.d.sync += last.eq(self.channels - 1)
         with m.If(taken):
-            m.d.sync += channel.eq(Mux(channel == self.channels - 1, 0, channel + 1))
+            m.d.sync += channel.eq(Mux(channel == last, 0, channel + 1))
         m.submodules.params = params = self._memory(cfg.param_layout.size, cfg.channels, self._params_init)
         m.d.comb += [params.write_en.eq(self.params.en), params.write_addr.eq(self.params.addr),
                      params.write_data.eq(self.params.data.as_value()),
