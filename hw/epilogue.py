@@ -137,7 +137,13 @@ class EpilogueConfig:
     @property
     def latency(self) -> int:
         """Cycles from taking an accumulator to its code on ``codes``."""
-        return READ_LATENCY + self.core_stages + READ_LATENCY + QUEUE_LATENCY
+        return self.param_stages + self.core_stages + READ_LATENCY + QUEUE_LATENCY
+
+    @property
+    def param_stages(self) -> int:
+        """The parameter word's read, then one more register: from a block RAM's output straight into the
+        41-bit ``t = acc + K_c`` was the layer unit's critical path (193.7 MHz)."""
+        return READ_LATENCY + 1
 
     @property
     def core_stages(self) -> int:
@@ -215,17 +221,21 @@ class Epilogue(wiring.Component):
         m.d.comb += queue.admit.eq(taken)
 
         # the channel of the result being taken, and its parameter word READ_LATENCY cycles later
+        # (the last channel's index registered: ``channels`` is held while a layer runs, and the counter's
+        # compare then starts at registers, not at a subtraction from the input)
         channel = Signal(cfg.channel_bits, name="channel")
+        last = Signal(cfg.count_bits, name="last_channel")
+        m.d.sync += last.eq(self.channels - 1)
         with m.If(taken):
-            m.d.sync += channel.eq(Mux(channel == self.channels - 1, 0, channel + 1))
+            m.d.sync += channel.eq(Mux(channel == last, 0, channel + 1))
         m.submodules.params = params = self._memory(cfg.param_layout.size, cfg.channels, self._params_init)
         m.d.comb += [params.write_en.eq(self.params.en), params.write_addr.eq(self.params.addr),
                      params.write_data.eq(self.params.data.as_value()),
                      params.read_en.eq(1), params.read_addr.eq(channel)]
-        word = data.View(cfg.param_layout, params.read_data)
+        word = data.View(cfg.param_layout, delay(params.read_data, cfg.param_stages - READ_LATENCY, "param_word"))
 
-        acc = delay(self.accumulators.payload, READ_LATENCY, "acc")
-        valid = delay(taken, READ_LATENCY, "valid")
+        acc = delay(self.accumulators.payload, cfg.param_stages, "acc")
+        valid = delay(taken, cfg.param_stages, "valid")
 
         # t = acc + K_c
         t = reg((acc + word.offset)[:fmt.sum_bits].as_signed(), "t")

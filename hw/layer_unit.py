@@ -56,13 +56,18 @@ class RegisterSlice(wiring.Component):
         skid_valid = Signal(name="skid_valid")
         skid = Signal.like(self.sink.payload, name="skid")
         m.d.comb += self.sink.ready.eq(~skid_valid)
+        # The skid register follows the input while it is empty, whatever ``sink.valid``: its (wide) load
+        # enable is then a register's, never the producer's handshake logic (which held the first layer unit
+        # to 168.1 MHz); ``skid_valid`` says whether it holds a transfer.
+        with m.If(~skid_valid):
+            m.d.sync += skid.eq(self.sink.payload)
         with m.If(self.source.ready | ~self.source.valid):  # the output register is free (or leaving)
             with m.If(skid_valid):
                 m.d.sync += [self.source.payload.eq(skid), self.source.valid.eq(1), skid_valid.eq(0)]
             with m.Else():
                 m.d.sync += [self.source.payload.eq(self.sink.payload), self.source.valid.eq(self.sink.valid)]
         with m.Elif(self.sink.valid & ~skid_valid):         # held: park the offered transfer
-            m.d.sync += [skid.eq(self.sink.payload), skid_valid.eq(1)]
+            m.d.sync += skid_valid.eq(1)
         return m
 
 

