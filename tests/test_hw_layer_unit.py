@@ -149,7 +149,6 @@ def test_layer_unit_build_lints_clean_and_its_files_hold_the_layer(tmp_path):
     assert words == cfg.param_init(ep) and len(words) == contract.shape[0]
     table = [int(line, 16) for line in (tmp_path / "table.hex").read_text().split()]
     assert table == cfg.table_init(ep) and len(table) == 1 << ep.fmt.pre_bits
-    from hw.layer_unit import RegisterSlice
 
     assert manifest["unit"] == "layer" and manifest["latency_cycles"] == manifest["pe"]["latency_cycles"] + \
         RegisterSlice.LATENCY + manifest["epilogue"]["latency_cycles"]
