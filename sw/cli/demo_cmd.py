@@ -3,9 +3,10 @@
 On the real YOLOv5n checkpoint and the COCO subset: quantize (4-bit PWLQ, mix of 3) -> generate the
 processing elements' Verilog for every quantized layer (one module per kind of layer, with each
 layer's parameter and weight memory files; lint each module) -> calibrate activation scales (once,
-for both of the next steps) -> co-simulate the RTL against the integer reference -> evaluate FP, fake-quant
-and hardware-exact mAP in one pass over the images. Each step's files land in ``--out``; the summary gives
-each step's seconds.
+for both of the next steps) -> co-simulate the RTL against the integer reference -> co-simulate the layer
+unit (PE + integer epilogue) on whole feature maps of six layers (:data:`FEATURE_MAP_LAYERS`) against the
+integer-only network -> evaluate FP, fake-quant, hardware-exact and integer-only mAP in one pass over the
+images. Each step's files land in ``--out``; the summary gives each step's seconds.
 """
 
 from __future__ import annotations
@@ -15,12 +16,21 @@ from pathlib import Path
 
 from ..paths import data_file
 
+#: The feature maps the demo co-simulates through the layer unit, every position and channel: the first conv,
+#: a stride-2 3x3, a 1x1, a conv feeding a Concat, a C3 bottleneck conv before its residual add, and a Detect
+#: conv (compared on its accumulators plus offsets, since Detect outputs are not requantized).
+FEATURE_MAP_LAYERS = ("model.0.conv", "model.1.conv", "model.2.cv1.conv", "model.2.cv2.conv",
+                      "model.2.m.0.cv2.conv", "model.24.m.0")
+FEATURE_MAP_IMG = 160  # inference size of the feature-map step (every position of a 640 image takes minutes)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job on the shared data: quantize, Verilog, co-simulation, mAP",
                        description="On the real YOLOv5n and the COCO subset: quantize (4-bit PWLQ mix3), generate "
                                    "and lint the PE's Verilog for every layer, co-simulate the RTL against the "
-                                   "integer reference, and compare FP, fake-quant and hardware-exact mAP.")
+                                   "integer reference, co-simulate the layer unit (PE + integer epilogue) on "
+                                   "whole feature maps of six layers, and compare FP, fake-quant, hardware-exact "
+                                   "and integer-only mAP.")
     p.add_argument("--data", metavar="DIR", help="data root (default: $YOLOQ_DATA, then ../shared/data)")
     p.add_argument("--out", default="out/demo", help="folder for the demo's files (default out/demo)")
     p.add_argument("--limit", type=int, metavar="N", help="use only the first N COCO images")
@@ -86,6 +96,13 @@ def run(args) -> int:
                                         f"{cosim.mismatches} mismatches, {cosim.macs_per_s:,.0f} MACs/s")
 
     t0 = time.perf_counter()
+    maps = run_feature_maps(qm, coco_dir, calib, args.sim)
+    write_json(out / "featuremap.json", maps.as_json())
+    _step(summary, "feature maps", t0, f"layer units (PE + integer epilogue) on every position and channel of "
+                                       f"{len(FEATURE_MAP_LAYERS)} layers at {FEATURE_MAP_IMG} px ({args.sim}): "
+                                       f"{maps.outputs_checked:,} output codes, {maps.mismatches} mismatches")
+
+    t0 = time.perf_counter()
     result = validate(model, qm, coco, fmt, calib, {}, progress=True, hardware=hardware)
     write_json(out / "validate.json", result)
     _step(summary, "mAP", t0, f"FP {result['map50_fp']:.4f}, SW {result['map50_sw']:.4f}, "
@@ -98,7 +115,7 @@ def run(args) -> int:
     for name, outcome, seconds in summary:
         print(f"| {name} | {outcome} | {seconds:.0f} |")
     print(f"| total | | {sum(seconds for _, _, seconds in summary):.0f} |")
-    ok = lint_failures == 0 and cosim.ok
+    ok = lint_failures == 0 and cosim.ok and maps.ok
     print("\nRTL bit-exact with the software reference: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
 
@@ -111,3 +128,15 @@ def run_cosim(qm, names: list[str], coco_dir: Path, hardware, sim: str):
 
     cases = network_cases(qm, names, 1, image_paths(coco_dir, 1), None, hardware=hardware)
     return cosimulate(cases, Options(sim=sim))
+
+
+def run_feature_maps(qm, coco_dir: Path, calib: Path, sim: str):
+    """:data:`FEATURE_MAP_LAYERS` through the layer unit, every output position of the first COCO image at
+    :data:`FEATURE_MAP_IMG` px, compared code for code with the integer-only network (sim.featuremap)."""
+    from sim.capture import image_paths
+    from sim.cosim import Options, cosimulate
+    from sim.featuremap import feature_map_cases
+
+    cases = feature_map_cases(qm, list(FEATURE_MAP_LAYERS), None, image_paths(coco_dir, 1), calib,
+                              img_size=FEATURE_MAP_IMG, progress=False)
+    return cosimulate(cases, Options(sim=sim, unit="layer"))
