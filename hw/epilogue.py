@@ -28,7 +28,8 @@ back-pressure, so no ready signal fans out across the pipeline):
    rounding and clamping are monotonic, so ``x'`` may first be narrowed to P + 1 bits, with a flag saying
    whether it fitted (its bits above P all copies of its sign: a LUT reduction) and its sign. A value that
    did not fit lies beyond the pre-activation range on its sign's side (``|x'| >= 2^P``, and after rounding
-   ``>= 2^(P-1)``); one that did is rounded on P + 2 bits and clamped on narrow comparisons;
+   ``>= 2^(P-1)``); one that did is rounded on P + 2 bits and clamped by a bit test (the rounded value is in
+   range exactly when its top two bits agree), no comparison;
 6. the table read at ``p + 2^(P-1)`` (block RAM, registered like the parameter memory), then the queue.
 """
 
@@ -269,12 +270,16 @@ class Epilogue(wiring.Component):
         negative, passthrough = reg(negative, "negative"), reg(passthrough, "passthrough_r")
         low = reg(shifted[:narrow].as_signed(), "narrow")
 
-        # round (narrow), then clamp to the signed pre_bits code
+        # round (narrow), then clamp to the signed pre_bits code. The rounded value has P + 1 bits, so it lies in
+        # the code's range exactly when its top two bits agree, and else beyond the bound on its sign's side: a
+        # bit test, not a comparison with lo and hi (whose carry chains, then the select, held the layer unit to
+        # 195.6 MHz). Each bit of ``pre`` then depends on five bits: two LUT levels.
         lo, hi = fmt.pre_range
         rounded = reg(self._round(low, passthrough)[:narrow].as_signed(), "rounded")
         fits, negative = reg(fits, "fits_r"), reg(negative, "negative_r")
-        clamped = Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))
-        pre = reg(Mux(fits, clamped, Mux(negative, lo, hi))[:fmt.pre_bits].as_signed(), "pre")
+        in_range = fits & (rounded[narrow - 1] == rounded[narrow - 2])
+        beyond_low = Mux(fits, rounded[narrow - 1], negative)
+        pre = reg(Mux(in_range, rounded[:fmt.pre_bits], Mux(beyond_low, lo, hi)[:fmt.pre_bits]).as_signed(), "pre")
 
         # the table, indexed by p + 2^(P-1): p with its sign bit inverted
         m.submodules.table = table = self._memory(fmt.out_bits, fmt.lut_entries, self._table_init)
