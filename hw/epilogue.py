@@ -271,15 +271,15 @@ class Epilogue(wiring.Component):
         low = reg(shifted[:narrow].as_signed(), "narrow")
 
         # round (narrow), then clamp to the signed pre_bits code. The rounded value has P + 1 bits, so it lies in
-        # the code's range exactly when its top two bits agree, and else beyond the bound on its sign's side: a
-        # bit test, not a comparison with lo and hi (whose carry chains, then the select, held the layer unit to
-        # 195.6 MHz). Each bit of ``pre`` then depends on five bits: two LUT levels.
+        # the code's range exactly when its top two bits agree: a bit test, not a comparison with lo and hi (whose
+        # carry chains, then the select, held the layer unit to 195.6 MHz). Out of range, it lies beyond the bound
+        # on x's side (rounding half up keeps the sign of a value other than -1, which is in range), so each bit
+        # of ``pre`` depends on five bits: two LUT levels.
         lo, hi = fmt.pre_range
         rounded = reg(self._round(low, passthrough)[:narrow].as_signed(), "rounded")
         fits, negative = reg(fits, "fits_r"), reg(negative, "negative_r")
         in_range = fits & (rounded[narrow - 1] == rounded[narrow - 2])
-        beyond_low = Mux(fits, rounded[narrow - 1], negative)
-        pre = reg(Mux(in_range, rounded[:fmt.pre_bits], Mux(beyond_low, lo, hi)[:fmt.pre_bits]).as_signed(), "pre")
+        pre = reg(Mux(in_range, rounded[:fmt.pre_bits], Mux(negative, lo, hi)[:fmt.pre_bits]).as_signed(), "pre")
 
         # the table, indexed by p + 2^(P-1): p with its sign bit inverted
         m.submodules.table = table = self._memory(fmt.out_bits, fmt.lut_entries, self._table_init)
