@@ -212,15 +212,18 @@ class Epilogue(wiring.Component):
             return value
 
         # results wait in a queue; an accumulator is taken only with a slot reserved for its code (credits).
-        # ``ready`` is a register: at least two free slots a cycle ago. At most one slot is taken per cycle, so
-        # at least one is free now; the producer's handshake never waits on the credit counter's logic (which
-        # held the first layer unit to 185.8 MHz). The one slot it holds back is what the depth's margin is for.
+        # ``ready`` is a register, and so is the take the credit counter sees (``admit``, a cycle late): the
+        # producer's handshake never reaches the counter's carry chain in one cycle (which held the first layer
+        # unit to 185.8 MHz through ``ready``, and this one to 200.0 MHz through ``admit``). So the counter a cycle
+        # ago lacks at most the takes of the two cycles before this one: ``ready`` asks for three free slots, and
+        # one is left for the take now. In a drained stream the late ``admit`` makes up for the higher bound (the
+        # counter reads one slot more), so the depth's margin stays what it was.
         m.submodules.results = queue = CreditedQueue(cfg.output_layout.size, cfg.result_fifo_depth)
         m.d.comb += [self.codes.valid.eq(queue.output.valid), queue.output.ready.eq(self.codes.ready),
                      self.codes.payload.as_value().eq(queue.output.payload)]
-        m.d.sync += self.accumulators.ready.eq(queue.free_slots >= 2)
+        m.d.sync += self.accumulators.ready.eq(queue.free_slots >= 3)
         taken = self.accumulators.valid & self.accumulators.ready
-        m.d.comb += queue.admit.eq(taken)
+        m.d.comb += queue.admit.eq(reg(taken, "taken_r"))
 
         # the channel of the result being taken, and its parameter word READ_LATENCY cycles later
         # (the last channel's index registered: ``channels`` is held while a layer runs, and the counter's
