@@ -1,7 +1,7 @@
 """Generate the Verilog of the processing elements that run a quantized model's layers, and each layer's
 memory files.
 
-A PE's datapath depends on the layer only through its *kind* (:func:`hw.config.pe_kind`: addressing mode,
+A PE's datapath depends on the layer only through its *kind* (:func:`pe_kind`: addressing mode,
 lanes, code bits k, PWLQ or not, activation and scale bits); the other widths (zero-point, breakpoint,
 accumulator, parameter depth) are upper bounds, so one PE elaborated for the superset of a kind's layers
 (:meth:`hw.config.PEConfig.superset`) computes every one of their accumulators exactly. So
@@ -40,11 +40,35 @@ from sw.intref.packing import bit_matrix, hex_lines, words_of
 from sw.intref.stream import StreamLayout
 from sw.quant.accounting import SHIFT_BITS, quantized_storage
 
-from .config import PEConfig, group_by_kind
+from .config import PEConfig
 from .layer_unit import LayerUnit, LayerUnitConfig
 from .pe import ProcessingElement, pe_signature, verilog_ports
 
 MANIFEST = "manifest.json"
+
+
+def pe_kind(layout: StreamLayout) -> tuple:
+    """What a layer's PE datapath depends on: addressing mode, lanes, code bits k, PWLQ or not, activation and
+    scale bits. The other widths are upper bounds, so one :meth:`PEConfig.superset` PE per kind runs every
+    layer of that kind exactly. (Here, not in :mod:`hw.config`: grouping decides which modules a build writes,
+    not any module's Verilog, so it stays out of :func:`generator_digest`.)"""
+    f = layout.contract.fmt
+    return (layout.mode, layout.lanes, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
+
+
+def group_by_kind(layouts: list[StreamLayout], epilogues: list | None = None) -> dict[tuple, list[int]]:
+    """Indices of ``layouts`` per :func:`pe_kind`, kinds in first-seen order. With ``epilogues`` (layer units:
+    one :class:`~sw.intref.epilogue.LayerEpilogue` per layout), also per the epilogue's code widths (output and
+    pre-activation bits); its other widths are upper bounds
+    (:func:`~sw.intref.epilogue.superset_epilogue_format`)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, layout in enumerate(layouts):
+        key = pe_kind(layout)
+        if epilogues is not None:
+            key += (epilogues[i].fmt.out_bits, epilogues[i].fmt.pre_bits)
+        groups.setdefault(key, []).append(i)
+    return groups
+
 
 # The modules whose source decides the PE's Verilog for a given config (with Amaranth's version).
 GENERATOR_MODULES = ("hw.pe", "hw.arith", "hw.config", "hw.param_memory", "hw.result_queue",

@@ -29,28 +29,6 @@ def struct_layout(fields: tuple[Field, ...]) -> data.StructLayout:
     return data.StructLayout({f.name: shape(f) for f in fields})
 
 
-def pe_kind(layout: StreamLayout) -> tuple:
-    """What a layer's PE datapath depends on: addressing mode, lanes, code bits k, PWLQ or not, activation and
-    scale bits. The other widths are upper bounds, so one :meth:`PEConfig.superset` PE per kind runs every
-    layer of that kind exactly."""
-    f = layout.contract.fmt
-    return (layout.mode, layout.lanes, f.weight_bits, f.pwlq, f.act_bits, f.scale_bits)
-
-
-def group_by_kind(layouts: list[StreamLayout], epilogues: list | None = None) -> dict[tuple, list[int]]:
-    """Indices of ``layouts`` per :func:`pe_kind`, kinds in first-seen order. With ``epilogues`` (layer units:
-    one :class:`~sw.intref.epilogue.LayerEpilogue` per layout), also per the epilogue's code widths (output and
-    pre-activation bits); its other widths are upper bounds
-    (:func:`~sw.intref.epilogue.superset_epilogue_format`)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, layout in enumerate(layouts):
-        key = pe_kind(layout)
-        if epilogues is not None:
-            key += (epilogues[i].fmt.out_bits, epilogues[i].fmt.pre_bits)
-        groups.setdefault(key, []).append(i)
-    return groups
-
-
 LEVELS = 1  # adder levels between pipeline registers in trees and multipliers (1: highest Fmax)
 
 

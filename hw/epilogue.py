@@ -26,9 +26,10 @@ back-pressure, so no ready signal fans out across the pipeline):
    (:meth:`Epilogue._round`); R_c = 0 passes ``x`` through;
 5. saturation to the signed ``pre_bits`` (P) code, without a carry chain over the wide shifted value ``x'``:
    rounding and clamping are monotonic, so ``x'`` may first be narrowed to P + 1 bits, with a flag saying
-   whether it fitted (its bits above P all copies of its sign: a LUT reduction) and its sign. A value that
-   did not fit lies beyond the pre-activation range on its sign's side (``|x'| >= 2^P``, and after rounding
-   ``>= 2^(P-1)``); one that did is rounded on P + 2 bits and clamped on narrow comparisons;
+   whether it fitted (its bits above P all copies of its sign: a LUT reduction over two cycles) and its sign.
+   A value that did not fit lies beyond the pre-activation range on its sign's side (``|x'| >= 2^P``, and
+   after rounding ``>= 2^(P-1)``); one that did is rounded on P + 2 bits and clamped by a bit test (the
+   rounded value is in range exactly when its top two bits agree), no comparison;
 6. the table read at ``p + 2^(P-1)`` (block RAM, registered like the parameter memory), then the queue.
 """
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,6 +53,7 @@ from .result_queue import LATENCY as QUEUE_LATENCY
 from .result_queue import CreditedQueue
 
 SHIFT_LEVELS = 2  # barrel-shifter levels (2:1 muxes) between registers
+REDUCE_CHUNK = 16  # bits of an AND/OR reduction between registers (two levels of 4-input LUTs)
 
 
 @dataclass(frozen=True)
@@ -210,15 +212,18 @@ class Epilogue(wiring.Component):
             return value
 
         # results wait in a queue; an accumulator is taken only with a slot reserved for its code (credits).
-        # ``ready`` is a register: at least two free slots a cycle ago. At most one slot is taken per cycle, so
-        # at least one is free now; the producer's handshake never waits on the credit counter's logic (which
-        # held the first layer unit to 185.8 MHz). The one slot it holds back is what the depth's margin is for.
+        # ``ready`` is a register, and so is the take the credit counter sees (``admit``, a cycle late): the
+        # producer's handshake never reaches the counter's carry chain in one cycle (which held the first layer
+        # unit to 185.8 MHz through ``ready``, and this one to 200.0 MHz through ``admit``). So the counter a cycle
+        # ago lacks at most the takes of the two cycles before this one: ``ready`` asks for three free slots, and
+        # one is left for the take now. In a drained stream the late ``admit`` makes up for the higher bound (the
+        # counter reads one slot more), so the depth's margin stays what it was.
         m.submodules.results = queue = CreditedQueue(cfg.output_layout.size, cfg.result_fifo_depth)
         m.d.comb += [self.codes.valid.eq(queue.output.valid), queue.output.ready.eq(self.codes.ready),
                      self.codes.payload.as_value().eq(queue.output.payload)]
-        m.d.sync += self.accumulators.ready.eq(queue.free_slots >= 2)
+        m.d.sync += self.accumulators.ready.eq(queue.free_slots >= 3)
         taken = self.accumulators.valid & self.accumulators.ready
-        m.d.comb += queue.admit.eq(taken)
+        m.d.comb += queue.admit.eq(reg(taken, "taken_r"))
 
         # the channel of the result being taken, and its parameter word READ_LATENCY cycles later
         # (the last channel's index registered: ``channels`` is held while a layer runs, and the counter's
@@ -260,21 +265,30 @@ class Epilogue(wiring.Component):
                 if i != fmt.shift_bits - 1:
                     amount = reg(amount, f"amount_{level}")
                 passthrough = reg(passthrough, f"passthrough_{level}")
-        # narrow x' to P + 1 bits, remembering whether it fitted and its sign
+        # narrow x' to P + 1 bits, remembering whether it fitted and its sign. Whether the top bits (those that
+        # must all equal the sign for x' to fit P + 1 bits, some 45 of them) are all ones or all zeros is
+        # reduced per chunk of REDUCE_CHUNK bits here and across the chunks beside the rounding: in one cycle
+        # the reduction was the layer unit's critical path (184.6 MHz).
         width = len(shifted)
         narrow = fmt.pre_bits + 1
         negative = shifted[width - 1]
-        top = shifted[narrow - 1:]  # the bits that must all equal the sign for x' to fit P + 1 bits
-        fits = reg(top.all() | ~top.any(), "fits")
+        top = shifted[narrow - 1:]
+        chunks = [top[i:i + REDUCE_CHUNK] for i in range(0, len(top), REDUCE_CHUNK)]
+        ones = reg(Cat(*(c.all() for c in chunks)), "top_ones")
+        zeros = reg(Cat(*(~c.any() for c in chunks)), "top_zeros")
         negative, passthrough = reg(negative, "negative"), reg(passthrough, "passthrough_r")
         low = reg(shifted[:narrow].as_signed(), "narrow")
 
-        # round (narrow), then clamp to the signed pre_bits code
+        # round (narrow), then clamp to the signed pre_bits code. The rounded value has P + 1 bits, so it lies in
+        # the code's range exactly when its top two bits agree: a bit test, not a comparison with lo and hi (whose
+        # carry chains, then the select, held the layer unit to 195.6 MHz). Out of range, it lies beyond the bound
+        # on x's side (rounding half up keeps the sign of a value other than -1, which is in range), so each bit
+        # of ``pre`` depends on five bits: two LUT levels.
         lo, hi = fmt.pre_range
         rounded = reg(self._round(low, passthrough)[:narrow].as_signed(), "rounded")
-        fits, negative = reg(fits, "fits_r"), reg(negative, "negative_r")
-        clamped = Mux(rounded > hi, hi, Mux(rounded < lo, lo, rounded))
-        pre = reg(Mux(fits, clamped, Mux(negative, lo, hi))[:fmt.pre_bits].as_signed(), "pre")
+        fits, negative = reg(ones.all() | zeros.all(), "fits"), reg(negative, "negative_r")
+        in_range = fits & (rounded[narrow - 1] == rounded[narrow - 2])
+        pre = reg(Mux(in_range, rounded[:fmt.pre_bits], Mux(negative, lo, hi)[:fmt.pre_bits]).as_signed(), "pre")
 
         # the table, indexed by p + 2^(P-1): p with its sign bit inverted
         m.submodules.table = table = self._memory(fmt.out_bits, fmt.lut_entries, self._table_init)

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hw.config import PEConfig, group_by_kind
+from hw.build import group_by_kind
+from hw.config import PEConfig
 from hw.epilogue import EpilogueConfig
 from hw.layer_unit import LayerUnitConfig
 from sw.errors import YoloqError
@@ -152,7 +153,7 @@ class CosimResult:
 
 # ---- planning -------------------------------------------------------------------------------------------------
 def plan_builds(cases: list[LayerCase], lanes: int, exact: bool = False, unit: str = "pe") -> list[Build]:
-    """Exact: one PE per layer. Otherwise one superset PE per :func:`hw.config.pe_kind` (mode, lanes, k, PWLQ,
+    """Exact: one PE per layer. Otherwise one superset PE per :func:`hw.build.pe_kind` (mode, lanes, k, PWLQ,
     A, F), in first-seen order: the same modules ``hw build`` writes. ``unit="layer"``: each PE followed by the
     epilogue that covers its layers' (grouped also by the epilogue's code widths, every other width the
     largest: :func:`~sw.intref.epilogue.superset_epilogue_format`), as wide as the PE's accumulator."""

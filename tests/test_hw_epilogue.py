@@ -224,3 +224,15 @@ def test_one_result_per_cycle_when_drained():
     sim.add_testbench(bench)
     sim.run()
     assert seen["low"] == 0
+
+
+def test_credits_hold_when_the_consumer_stalls():
+    """An accumulator offered every cycle against a consumer that is mostly not ready: the queue fills to
+    its last slot again and again, so a credit bound one too loose (``ready`` or its late ``admit``) loses or
+    overwrites codes."""
+    ep = random_epilogue(FORMATS[0], 3, seed=8)
+    cfg = EpilogueConfig.for_layer(ep)
+    acc = stimulus(ep, cfg.result_fifo_depth, seed=5)  # 3 x depth results
+    codes, sums = run(Epilogue(cfg, cfg.param_init(ep), cfg.table_init(ep)), acc, ep.channels, ready_p=0.15,
+                      seed=4)
+    assert (codes, sums) == expected(ep, acc)
