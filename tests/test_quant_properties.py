@@ -78,7 +78,10 @@ def test_searched_pwlq_never_worse_than_full_range_symmetric(group, bits):
     sym = quantize_tensor(w, "symmetric-full", bits, "layer")
     err_pw = (w.double() - dequantize(pw, torch.float64)).square().sum()
     err_sym = (w.double() - dequantize(sym, torch.float64)).square().sum()
-    assert err_pw <= err_sym * (1 + 1e-6) + 1e-30
+    # dequantizing is exact only up to float64 rounding (p + j s_t lands an ulp off m): a group that one grid
+    # represents exactly may show ~1e-29 on the other, so the slack scales with the weights, a few ulps each
+    rounding = (8 * 2.0 ** -52) ** 2 * w.double().square().sum()
+    assert err_pw <= err_sym * (1 + 1e-6) + rounding + 1e-30
 
 
 @settings(max_examples=100, deadline=None)
