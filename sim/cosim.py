@@ -39,6 +39,7 @@ from hw.config import PEConfig
 from hw.epilogue import EpilogueConfig
 from hw.layer_unit import LayerUnitConfig
 from sw.errors import YoloqError
+from sw.intref.bounds import LANES_RANGE
 from sw.intref.epilogue import superset_epilogue_format
 from sw.intref.packing import bit_matrix, hex_lines
 from sw.intref.stream import StreamLayout, mode_for
@@ -78,8 +79,9 @@ class Options:
 
     def validate(self) -> None:
         runner.check_simulator(self.sim)
-        if not 1 <= self.lanes <= 256:
-            raise CosimError(f"lanes must be from 1 to 256, got {self.lanes}")
+        lo, hi = LANES_RANGE
+        if not lo <= self.lanes <= hi:
+            raise CosimError(f"lanes must be from {lo} to {hi}, got {self.lanes}")
         if not (0 <= self.idle <= 255 and 0 <= self.stall <= 255):
             raise CosimError(f"idle and stall are rates out of 256, from 0 to 255; got {self.idle}, {self.stall}")
         if self.unit not in UNITS:

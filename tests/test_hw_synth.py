@@ -33,8 +33,10 @@ def test_ecp5_place_and_route_reports_fmax(tmp_path):
 
 
 def test_synth_cli_rejects_bad_requests(tmp_path, capsys):
-    assert main(["hw", "synth", "--lanes", "0"]) == 2
-    assert "--lanes must be from 1 to 256" in capsys.readouterr().err
+    for flag, value in (("--lanes", "0"), ("--bits", "9")):  # usage errors, named, before anything runs
+        with pytest.raises(SystemExit) as e:
+            main(["hw", "synth", flag, value])
+        assert e.value.code == 2 and f"argument {flag}: must be from" in capsys.readouterr().err
     assert main(["hw", "synth-table", "--lanes", "x", "-o", str(tmp_path)]) == 2
     assert "--lanes: expected comma-separated integers" in capsys.readouterr().err
 

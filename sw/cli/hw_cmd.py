@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_json, write_text
 from ..errors import QuantizationError
-from ..intref.bounds import ACT_BITS_RANGE, SCALE_BITS_RANGE
+from ..intref.bounds import ACT_BITS_RANGE, LANES_RANGE, SCALE_BITS_RANGE
 from . import hw_synth_cmd
 from . import hw_cosim_cmd
 from .common import (ACT_BITS, add_data_arg, add_eval_args, add_quant_args, check_output_dir, check_output_file,
@@ -67,7 +67,7 @@ def add_parser(sub) -> None:
     which = b.add_mutually_exclusive_group(required=True)
     which.add_argument("--layer", help="layer name, e.g. model.2.cv1.conv")
     which.add_argument("--all-layers", action="store_true", help="every quantized layer of the model")
-    b.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle L (default 16)")
+    b.add_argument("--lanes", type=int_in(*LANES_RANGE), default=16, help="dot-product elements per cycle L (default 16)")
     b.add_argument("--act-bits", type=ACT_BITS, default=8, help="signed activation bits A, 2..16 (default 8)")
     b.add_argument("--unit", choices=("pe", "layer"), default="pe",
                    help="pe: the processing element alone (default); layer: the layer unit, PE + integer epilogue "
@@ -106,8 +106,6 @@ def run_build(args) -> int:
 
     from ..intref.contract import LayerContract
 
-    if not 1 <= args.lanes <= 256:
-        raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
     check_output_dir(args.output, "-o")
     qm = quantized_layers(args.quantized)
     names = pe_layer_names(qm, None if args.all_layers else [args.layer], args.quantized)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from ..atomic import write_json
+from ..intref.bounds import LANES_RANGE
 from .common import (ACT_BITS, add_data_arg, add_quant_args, calib_dir, check_output_dir, check_output_file,
                      coco_root, int_in, spec_from_args)
 from .hw_common import pe_layer_names, quantized_layers
@@ -45,20 +46,20 @@ def add_parser(hw_subparsers) -> None:
     p.add_argument("--sim", choices=SIMULATORS, default="icarus", help="simulator (default icarus)")
     p.add_argument("--json", metavar="OUT", help="write macs, mismatches, seconds, macs_per_s and details")
     g = p.add_argument_group("testbench")
-    g.add_argument("--lanes", type=int, default=DEFAULT_LANES,
+    g.add_argument("--lanes", type=int_in(*LANES_RANGE), default=DEFAULT_LANES,
                    help=f"dot-product elements per cycle L (default {DEFAULT_LANES})")
     g.add_argument("--exact", action="store_true",
                    help="one exact-width PE per layer (as `yoloq hw build` makes) instead of one superset PE per "
                         "layer kind; one simulator build per layer")
-    g.add_argument("--images", type=int, default=1, help="COCO images the positions are spread over (default 1)")
+    g.add_argument("--images", type=int_in(1), default=1, help="COCO images the positions are spread over (default 1)")
     g.add_argument("--img", type=int_in(32, 8192), default=640, help="inference size, long side (default 640)")
     g.add_argument("--seed", type=int_in(0), default=1, help="seed of the positions and of the idle/stall generator")
-    g.add_argument("--idle", type=int, default=32, help="idle cycles on elements.valid, per 256 (default 32)")
-    g.add_argument("--stall", type=int, default=32, help="results.ready low, per 256 cycles (default 32)")
+    g.add_argument("--idle", type=int_in(0, 255), default=32, help="idle cycles on elements.valid, per 256 (default 32)")
+    g.add_argument("--stall", type=int_in(0, 255), default=32, help="results.ready low, per 256 cycles (default 32)")
     g.add_argument("--fault", choices=PE_FAULTS + EPILOGUE_FAULTS,
                    help="build a deliberately wrong PE or (--unit layer) epilogue (mutation check): the run must "
                         "report mismatches")
-    g.add_argument("--jobs", type=int, default=2, help="simulations run at once (default 2)")
+    g.add_argument("--jobs", type=int_in(1), default=2, help="simulations run at once (default 2)")
     g.add_argument("--keep", metavar="DIR", help="keep the run folders (memories, results, logs) in DIR")
     g.add_argument("--waves", metavar="DIR", help="record a trace of each PE build's run into DIR (Icarus: "
                                                   "build<i>.fst, Verilator: build<i>.vcd), to look at a mismatch")
@@ -96,8 +97,6 @@ def run(args) -> int:
     if not args.weights and not args.quantized:
         raise CosimError("give --weights (quantized first) or --quantized")
     positions = _positions(args.positions, args.unit)
-    if args.images < 1:
-        raise CosimError(f"--images must be at least 1, got {args.images}")
     opts = Options(sim=args.sim, lanes=args.lanes, exact=args.exact, seed=args.seed, idle=args.idle,
                    stall=args.stall, fault=args.fault, jobs=args.jobs, work=Path(args.keep) if args.keep else None,
                    waves=Path(args.waves) if args.waves else None, progress=not args.quiet, unit=args.unit)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import QuantizationError
-from ..intref.bounds import WEIGHT_BITS_RANGE
+from ..intref.bounds import LANES_RANGE, WEIGHT_BITS_RANGE
 from .common import ACT_BITS, check_output_dir, check_output_file, float_in, int_in
 from .hw_common import pe_layer_names, quantized_layers
 
@@ -32,8 +32,8 @@ def add_parser(hw) -> None:
                                   "(--pwlq) or uniform affine, mix3; --quantized and --layer pick one real layer's PE "
                                   "instead. ECP5: LFE5U-85F out of context; iCE40: UP5K; generic: 4-LUTs.")
     s.add_argument("--target", choices=TARGETS, default="ecp5")
-    s.add_argument("--lanes", type=int, default=16, help="dot-product elements per cycle (default 16)")
-    s.add_argument("--bits", type=int, default=4, help="weight code bits k (default 4)")
+    s.add_argument("--lanes", type=int_in(*LANES_RANGE), default=16, help="dot-product elements per cycle (default 16)")
+    s.add_argument("--bits", type=int_in(*WEIGHT_BITS_RANGE), default=4, help="weight code bits k (default 4)")
     s.add_argument("--pwlq", action="store_true", help="PWLQ (region bit, two parameter sets per group)")
     s.add_argument("--unit", choices=("pe", "layer"), default="pe",
                    help="pe: the processing element alone (default); layer: PE + integer epilogue (the layer unit, "
@@ -71,9 +71,6 @@ def _config(args):
 
     from ..intref.contract import LayerContract
 
-    lo, hi = WEIGHT_BITS_RANGE
-    if not lo <= args.bits <= hi:
-        raise QuantizationError(f"--bits must be from {lo} to {hi}, got {args.bits}")
     if args.quantized or args.layer:
 
         if not (args.quantized and args.layer):
@@ -97,8 +94,6 @@ def run_synth(args) -> int:
     from hw.synth import synthesize
     from hw.synth_configs import write_layer_unit, write_pe
 
-    if not 1 <= args.lanes <= 256:
-        raise QuantizationError(f"--lanes must be from 1 to 256, got {args.lanes}")
     check_output_dir(args.keep, "--keep")
     check_output_file(args.json, "--json")
     cfg, init, name = _config(args)
@@ -135,7 +130,7 @@ def run_synth(args) -> int:
 def run_table(args) -> int:
     from hw.synth_table import run_table as table, table_markdown, write_table
 
-    lanes = _ints(args.lanes, "--lanes", 1, 256) if args.lanes.strip() or not args.unit_lanes.strip() else []
+    lanes = _ints(args.lanes, "--lanes", *LANES_RANGE) if args.lanes.strip() or not args.unit_lanes.strip() else []
     bits = _ints(args.bits, "--bits", *WEIGHT_BITS_RANGE)
     unit_lanes = _ints(args.unit_lanes, "--unit-lanes", 1, 256) if args.unit_lanes.strip() else []
     unit_bits = _ints(args.unit_bits, "--unit-bits", *WEIGHT_BITS_RANGE)
