@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-SOURCE = r"""
+_SOURCE = r"""
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* out[g, c] = sum over n of e^2, e = d - s * nearbyint(d / s): the centre (|w| < p) has d = |w|, s = s_c;
    the tail has d = |w| - p, s = s_t. The steps are sw.quant.pwlq.pwlq_params's, in double, then rounded to
@@ -90,6 +91,111 @@ void pwlq_scores(const float *x, int64_t n_members, const double *m, const doubl
     }
 }
 
+/* Per group: m = max |w| and torch's unbiased standard deviation, bit for bit: Welford's update in double over
+   the members in order, sqrt in double, rounded to float (torch's CPU std of one dimension below its 32768-member
+   grain size, which quantize_tensor's groups are; tests compare the two). One member: NaN. */
+void pwlq_stats(const float *w, int64_t n_members, float *absmax, float *std, int64_t g0, int64_t g1, int64_t u0,
+                int64_t u1) {
+    (void)u0; (void)u1;
+    for (int64_t g = g0; g < g1; ++g) {
+        const float *row = w + g * n_members;
+        double mean = 0.0, m2 = 0.0;
+        float top = 0.0f;
+        for (int64_t n = 0; n < n_members; ++n) {
+            const double v = row[n], delta = v - mean;
+            mean += delta / (double)(n + 1);
+            m2 += delta * (v - mean);
+            const float a = fabsf(row[n]);
+            top = a > top ? a : top;
+        }
+        absmax[g] = top;
+        std[g] = (float)sqrt(m2 / (n_members > 1 ? (double)(n_members - 1) : 0.0));
+    }
+}
+
+static int64_t first_min(const double *e, int64_t n) {   /* torch.min / argmin: the first index of the least */
+    int64_t i = 0;
+    for (int64_t k = 1; k < n; ++k)
+        if (e[k] < e[i]) i = k;
+    return i;
+}
+
+static double clamp(double x, double lo, double hi) { x = x < lo ? lo : x; return x > hi ? hi : x; }
+
+/* sw.quant.pwlq._search_rows, one group at a time (that function is the definition; this is its transcription,
+   candidate for candidate, each scored by pwlq_scores as there, so the two return the same breakpoints):
+   coarse fractions f (p = m f), p = m and the approximated breakpoint (clipped to m); the lattice
+   +-steps around the best coarse fraction; the `windows` least of {best coarse, lattice}, in order of error,
+   each get the +-fine lattice. Lattices are clipped to [lo, hi]. The least error wins, the first on ties (as
+   torch.min), and a later stage only when strictly less. torch.topk's choice and order of the windows are
+   undefined on ties: a group whose windows tie (and that could still improve) gets NaN, and the caller asks
+   the torch path, the definition. So does every group when memory for the members' copy is lacking.
+   w: [G, N] row-major (signed: |w| is taken here); m, approx, best: [G]. Rows g0..g1-1. */
+void pwlq_search(const float *w, int64_t n_members, const double *m, const double *approx, int bits,
+                 int64_t windows, const double *fractions, int64_t n_fractions, const double *steps,
+                 const double *fine_steps, int64_t n_steps, double lo, double hi, double *best, int64_t g0,
+                 int64_t g1, int64_t u0, int64_t u1) {
+    (void)u0; (void)u1;
+    double p[MAX_WINDOWS * MAX_STEPS + 2], err[MAX_WINDOWS * MAX_STEPS + 2], frac[MAX_STEPS + 1],
+        val[MAX_STEPS + 1], centre[MAX_WINDOWS];
+    int taken[MAX_STEPS + 1];
+    int64_t chosen[MAX_WINDOWS];
+    float *absw = malloc((size_t)n_members * sizeof(float));
+    if (absw == NULL) {   /* NaN: the caller reports it */
+        for (int64_t g = g0; g < g1; ++g) best[g] = NAN;
+        return;
+    }
+    for (int64_t g = g0; g < g1; ++g) {
+        const float *row = w + g * n_members;
+        const double M = m[g];
+        for (int64_t n = 0; n < n_members; ++n) absw[n] = fabsf(row[n]);
+        /* coarse stage, p = m, approx */
+        for (int64_t k = 0; k < n_fractions; ++k) p[k] = M * fractions[k];
+        p[n_fractions] = M;
+        p[n_fractions + 1] = approx[g] < M ? approx[g] : M;
+        pwlq_scores(absw, n_members, &M, p, n_fractions + 2, bits, err, 0, 1, 0, n_fractions + 2);
+        int64_t i = first_min(err, n_fractions + 2);
+        double bp = p[i], be = err[i];
+        i = first_min(err, n_fractions);
+        frac[0] = fractions[i];
+        val[0] = err[i];
+        /* the lattice around the best coarse fraction */
+        for (int64_t k = 0; k < n_steps; ++k) p[k] = M * (frac[k + 1] = clamp(frac[0] + steps[k], lo, hi));
+        pwlq_scores(absw, n_members, &M, p, n_steps, bits, err, 0, 1, 0, n_steps);
+        i = first_min(err, n_steps);
+        if (err[i] < be) bp = p[i], be = err[i];
+        if (M == 0.0) {   /* every candidate is 0 */
+            best[g] = bp;
+            continue;
+        }
+        for (int64_t k = 0; k < n_steps; ++k) val[k + 1] = err[k];
+        /* the fine lattices around the `windows` least so far, in order of error */
+        for (int64_t c = 0; c <= n_steps; ++c) taken[c] = 0;
+        for (int64_t k = 0; k < windows; ++k) {
+            int64_t j = -1;
+            for (int64_t c = 0; c <= n_steps; ++c)
+                if (!taken[c] && (j < 0 || val[c] < val[j])) j = c;
+            taken[j] = 1;
+            chosen[k] = j;
+            centre[k] = frac[j];
+        }
+        int tie = 0;   /* the windows' order, or the last one's choice, is not unique */
+        for (int64_t k = 1; k < windows; ++k) tie |= val[chosen[k]] == val[chosen[k - 1]];
+        for (int64_t c = 0; c <= n_steps; ++c) tie |= !taken[c] && val[c] == val[chosen[windows - 1]];
+        if (tie && be > 0.0) {   /* be = 0: no later candidate can win, whatever the windows */
+            best[g] = NAN;
+            continue;
+        }
+        for (int64_t k = 0; k < windows; ++k)
+            for (int64_t s = 0; s < n_steps; ++s) p[k * n_steps + s] = M * clamp(centre[k] + fine_steps[s], lo, hi);
+        pwlq_scores(absw, n_members, &M, p, windows * n_steps, bits, err, 0, 1, 0, windows * n_steps);
+        i = first_min(err, windows * n_steps);
+        if (err[i] < be) bp = p[i];
+        best[g] = bp;
+    }
+    free(absw);
+}
+
 /* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w [G, N]
    on each group's grid (steps as pwlq_params's, rounded to float). Rows g0..g1-1, members n0..n1-1. */
 void pwlq_round(const float *w, int64_t n_members, const double *m, const double *p, int bits, int8_t *codes,
@@ -136,8 +242,17 @@ void pwlq_dequantize(const int8_t *codes, const uint8_t *region, int64_t n_membe
     }
 }
 """
+# the candidate arrays' bounds (pwlq_search's stack), in the source itself so that the cache key covers them
+MAX_STEPS, MAX_WINDOWS = 32, 8
+SOURCE = f"#define MAX_STEPS {MAX_STEPS}\n#define MAX_WINDOWS {MAX_WINDOWS}\n" + _SOURCE
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
          "-shared", "-fPIC"]
+
+# Parallel work is cut into pieces of at least PIECE_WORK member visits, up to PIECES_PER_THREAD per thread.
+PIECE_WORK = 1 << 16
+PIECES_PER_THREAD = 8
+# torch's CPU reductions split one row between threads from this many members on (at::internal::GRAIN_SIZE).
+STD_GRAIN = 32768
 
 _library = None      # the loaded kernel, False once building it failed
 _pool: ThreadPoolExecutor | None = None
@@ -177,10 +292,11 @@ def _build() -> ctypes.CDLL | None:
     library.pwlq_round.restype = library.pwlq_dequantize.restype = None
     library.pwlq_round.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64]
     library.pwlq_dequantize.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64]
-    library.pwlq_scores.restype = None
-    library.pwlq_scores.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                    ctypes.c_int64, ctypes.c_int, ctypes.c_void_p,
-                                    ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    library.pwlq_scores.restype = library.pwlq_stats.restype = library.pwlq_search.restype = None
+    library.pwlq_scores.argtypes = [ptr, i64, ptr, ptr, i64, ctypes.c_int, ptr, i64, i64, i64, i64]
+    library.pwlq_stats.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64]
+    library.pwlq_search.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, i64, ptr, i64, ptr, ptr, i64, ctypes.c_double,
+                                    ctypes.c_double, ptr, i64, i64, i64, i64]
     return library
 
 
@@ -210,18 +326,24 @@ def disabled():
         _library = saved
 
 
-def _run(function, args: tuple, groups: int, second: int) -> None:
-    """``function(*args, lo, hi, lo2, hi2)`` over [groups, second] in disjoint ranges, one per torch thread:
-    ranges of groups, or, with fewer groups than threads, of the second axis."""
+def _run(function, args: tuple, groups: int, second: int, work: int) -> None:
+    """``function(*args, lo, hi, lo2, hi2)`` over [groups, second] in disjoint ranges on the torch thread count:
+    ranges of groups, or, with fewer groups than pieces, of the second axis (0: it cannot be split). ``work`` (about
+    the member visits of the whole call) sets the number of pieces: none below :data:`PIECE_WORK` (a thread's
+    wake-up costs more), else up to :data:`PIECES_PER_THREAD` per thread, taken in turn by the threads, so that a
+    thread slowed by another process on its core leaves its remaining pieces to the others."""
     global _pool
     threads = max(1, torch.get_num_threads())
-    if groups >= threads:
-        cuts = [(groups * i // threads, groups * (i + 1) // threads, 0, second) for i in range(threads)]
-    else:
-        cuts = [(0, groups, second * i // threads, second * (i + 1) // threads) for i in range(threads)]
-    if threads == 1:
-        function(*args, *cuts[0])
+    pieces = min(threads * PIECES_PER_THREAD, work // PIECE_WORK)
+    if threads == 1 or pieces < 2:
+        function(*args, 0, groups, 0, second)
         return
+    if groups >= pieces or second == 0:
+        pieces = min(pieces, groups)
+        cuts = [(groups * i // pieces, groups * (i + 1) // pieces, 0, second) for i in range(pieces)]
+    else:
+        pieces = min(pieces, second)
+        cuts = [(0, groups, second * i // pieces, second * (i + 1) // pieces) for i in range(pieces)]
     if _pool is None or _pool._max_workers != threads:
         _pool = ThreadPoolExecutor(threads)
     for job in [_pool.submit(function, *args, *cut) for cut in cuts]:
@@ -239,8 +361,49 @@ def scores(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int)
     groups, members = absw.shape
     out = torch.empty(groups, p.shape[1], dtype=torch.float64)
     _run(library.pwlq_scores, (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), p.shape[1], bits,
-                               out.data_ptr()), groups, p.shape[1])
+                               out.data_ptr()), groups, p.shape[1], absw.numel() * p.shape[1])
     return out
+
+
+def stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(max |w|, unbiased standard deviation) per row of float32 ``w`` [G, N], both [G, 1] float32, in one pass,
+    equal to ``w.abs().amax(1)`` and ``w.std(1)`` (NaN for one member); None without the kernel, and for rows
+    of :data:`STD_GRAIN` members or more (where torch's std splits a row between threads: other sums)."""
+    library = _kernel()
+    if library is None or w.dtype != torch.float32 or w.shape[1] >= STD_GRAIN:
+        return None
+    w = w.contiguous()
+    absmax = torch.empty(w.shape[0], 1, dtype=torch.float32)
+    std = torch.empty(w.shape[0], 1, dtype=torch.float32)
+    _run(library.pwlq_stats, (w.data_ptr(), w.shape[1], absmax.data_ptr(), std.data_ptr()), w.shape[0], 0,
+         w.numel())
+    return absmax, std
+
+
+def search(w: torch.Tensor, absmax: torch.Tensor, approx: torch.Tensor, bits: int, windows: int,
+           fractions: tuple[float, ...], steps: tuple[float, ...], fine_steps: tuple[float, ...],
+           lo: float, hi: float) -> torch.Tensor | None:
+    """Breakpoints [G, 1] (float64) of float32 ``w`` [G, N] (signed) by :func:`sw.quant.pwlq._search_rows`'s
+    path and rule (its arguments: the coarse ``fractions``, the lattice ``steps`` and ``fine_steps``, the clip
+    [``lo``, ``hi``], ``windows``), each group searched whole in the kernel; ``absmax`` and ``approx`` [G, 1].
+    NaN for the (rare) groups whose fine windows tie, which the caller must search with torch's rule. None
+    without the kernel, or with fewer groups than threads (one group cannot be split between them: the
+    caller's torch path scores its candidates in parallel instead)."""
+    library = _kernel()
+    if library is None or w.dtype != torch.float32 or w.shape[0] < max(1, torch.get_num_threads()):
+        return None
+    if not (len(steps) == len(fine_steps) <= MAX_STEPS and len(fractions) + 2 <= MAX_STEPS
+            and 1 <= windows <= min(MAX_WINDOWS, len(steps) + 1)):
+        raise ValueError(f"search lattice beyond the kernel's arrays ({MAX_STEPS} steps, {MAX_WINDOWS} windows)")
+    w = w.contiguous()
+    m, approx = absmax.double().contiguous(), approx.double().contiguous()
+    table = torch.tensor([*fractions, *steps, *fine_steps], dtype=torch.float64)
+    f_at, s_at, fine_at = (table.data_ptr() + 8 * i for i in (0, len(fractions), len(fractions) + len(steps)))
+    best = torch.empty(w.shape[0], 1, dtype=torch.float64)
+    _run(library.pwlq_search, (w.data_ptr(), w.shape[1], m.data_ptr(), approx.data_ptr(), bits, windows, f_at,
+                               len(fractions), s_at, fine_at, len(steps), lo, hi, best.data_ptr()), w.shape[0], 0,
+         w.numel() * (len(fractions) + 2 + (1 + windows) * len(steps)))
+    return best
 
 
 def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
@@ -254,7 +417,7 @@ def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits
     codes = torch.empty(w.shape, dtype=torch.int8)
     tail = torch.empty(w.shape, dtype=torch.bool)
     _run(library.pwlq_round, (w.data_ptr(), w.shape[1], m.data_ptr(), p.data_ptr(), bits, codes.data_ptr(),
-                              tail.data_ptr()), w.shape[0], w.shape[1])
+                              tail.data_ptr()), w.shape[0], w.shape[1], w.numel())
     return codes, tail
 
 
@@ -270,5 +433,5 @@ def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: 
     out = torch.empty(codes.shape, dtype=torch.float32)
     _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), codes.shape[1], s_c.data_ptr(),
                                    s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()), codes.shape[0],
-         codes.shape[1])
+         codes.shape[1], codes.numel())
     return out

@@ -56,9 +56,8 @@ def quantize_tensor(w: torch.Tensor, method: str, bits: int, granularity: str, b
         z = torch.zeros_like(s, dtype=torch.int64)
         codes = quantize(g, s, 0, *code_range(bits, restricted=not full))
     else:
-        m = g.abs().amax(1, keepdim=True)
-        # unbiased, as the authors; one-member groups have none (NaN: p = m)
-        std = g.std(1, keepdim=True) if g.shape[1] > 1 else torch.full_like(m, float("nan"))
+        g = g.contiguous()  # one transpose per layer (F-shape groups are strided): every pass below reads rows
+        m, std = pwlq.group_stats(g)  # unbiased std, as the authors (NaN for one member: p = m)
         approx = pwlq.approx_breakpoint(m, std)
         p = approx if breakpoint == "approx" else pwlq.search_breakpoint(g, m, bits, approx)
         codes, tail, s_c, s_t, bp = pwlq.quantize(g, m, p, bits)
