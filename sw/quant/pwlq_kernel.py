@@ -122,78 +122,126 @@ static int64_t first_min(const double *e, int64_t n) {   /* torch.min / argmin: 
 
 static double clamp(double x, double lo, double hi) { x = x < lo ? lo : x; return x > hi ? hi : x; }
 
-/* sw.quant.pwlq._search_rows, one group at a time (that function is the definition; this is its transcription,
-   candidate for candidate, each scored by pwlq_scores as there, so the two return the same breakpoints):
-   coarse fractions f (p = m f), p = m and the approximated breakpoint (clipped to m); the lattice
+/* err[b C + c]: the squared error of group b of a block of `lanes` groups at candidate p[b C + c]. Long rows:
+   pwlq_scores, group by group (its sums, whose order its vectorised loop sets), x holding the rows. Short rows
+   (under 16 members, which pwlq_scores adds one after another): LANES groups side by side, one per vector
+   lane, x holding member n of group b at x[n LANES + b]; the same arithmetic as pwlq_scores, the same sums. */
+#define LANES 8
+static void score_block(const float *x, int64_t n_members, int64_t lanes, const double *M, const double *p,
+                        int64_t C, int bits, double *err) {
+    if (lanes == 1) {
+        pwlq_scores(x, n_members, M, p, C, bits, err, 0, 1, 0, C);
+        return;
+    }
+    const double centre_levels = (double)((1 << bits) - 1), tail_steps = (double)((1 << (bits - 1)) - 1);
+    float P[LANES], Sc[LANES], St[LANES], acc[LANES];
+    double q[LANES];
+    for (int64_t c = 0; c < C; ++c) {
+        for (int64_t b = 0; b < LANES; ++b) q[b] = p[b * C + c];
+#pragma omp simd
+        for (int64_t b = 0; b < LANES; ++b) {
+            const double pd = q[b] < M[b] ? q[b] : M[b];
+            const double scd = 2 * pd / centre_levels, std = (M[b] - pd) / tail_steps;
+            P[b] = (float)pd;
+            Sc[b] = scd > 0 ? (float)scd : 1.0f;
+            St[b] = std > 0 ? (float)std : 1.0f;
+            acc[b] = 0.0f;
+        }
+        for (int64_t n = 0; n < n_members; ++n) {
+#pragma omp simd
+            for (int64_t b = 0; b < LANES; ++b) acc[b] += err2(x[n * LANES + b], P[b], Sc[b], St[b]);
+        }
+        for (int64_t b = 0; b < LANES; ++b) err[b * C + c] = acc[b];
+    }
+}
+
+/* sw.quant.pwlq._search_rows, group by group (that function is the definition; this is its transcription,
+   candidate for candidate, scored with pwlq_scores' arithmetic and sums, so the two return the same
+   breakpoints): coarse fractions f (p = m f), p = m and the approximated breakpoint (clipped to m); the lattice
    +-steps around the best coarse fraction; the `windows` least of {best coarse, lattice}, in order of error,
    each get the +-fine lattice. Lattices are clipped to [lo, hi]. The least error wins, the first on ties (as
    torch.min), and a later stage only when strictly less. torch.topk's choice and order of the windows are
    undefined on ties: a group whose windows tie (and that could still improve) gets NaN, and the caller asks
    the torch path, the definition. So does every group when memory for the members' copy is lacking.
-   w: [G, N] row-major (signed: |w| is taken here); m, approx, best: [G]. Rows g0..g1-1. */
+   w: [G, N] row-major (signed: |w| is taken here); m, approx, best: [G]. Rows g0..g1-1, in blocks of LANES
+   groups for short rows (the last block padded with copies of its first group), else one by one. */
 void pwlq_search(const float *w, int64_t n_members, const double *m, const double *approx, int bits,
                  int64_t windows, const double *fractions, int64_t n_fractions, const double *steps,
                  const double *fine_steps, int64_t n_steps, double lo, double hi, double *best, int64_t g0,
                  int64_t g1, int64_t u0, int64_t u1) {
     (void)u0; (void)u1;
-    double p[MAX_WINDOWS * MAX_STEPS + 2], err[MAX_WINDOWS * MAX_STEPS + 2], frac[MAX_STEPS + 1],
-        val[MAX_STEPS + 1], centre[MAX_WINDOWS];
-    int taken[MAX_STEPS + 1];
+    const int64_t lanes = n_members < 16 ? LANES : 1, C1 = n_fractions + 2, C3 = windows * n_steps;
+    double p[LANES * (MAX_WINDOWS * MAX_STEPS + 2)], err[LANES * (MAX_WINDOWS * MAX_STEPS + 2)];
+    double M[LANES], bp[LANES], be[LANES], coarse_err[LANES], frac[LANES][MAX_STEPS + 1], val[MAX_STEPS + 1],
+        centre[LANES][MAX_WINDOWS];
+    int tie[LANES], taken[MAX_STEPS + 1];
     int64_t chosen[MAX_WINDOWS];
-    float *absw = malloc((size_t)n_members * sizeof(float));
-    if (absw == NULL) {   /* NaN: the caller reports it */
+    float *x = malloc((size_t)(lanes * n_members) * sizeof(float));
+    if (x == NULL) {
         for (int64_t g = g0; g < g1; ++g) best[g] = NAN;
         return;
     }
-    for (int64_t g = g0; g < g1; ++g) {
-        const float *row = w + g * n_members;
-        const double M = m[g];
-        for (int64_t n = 0; n < n_members; ++n) absw[n] = fabsf(row[n]);
-        /* coarse stage, p = m, approx */
-        for (int64_t k = 0; k < n_fractions; ++k) p[k] = M * fractions[k];
-        p[n_fractions] = M;
-        p[n_fractions + 1] = approx[g] < M ? approx[g] : M;
-        pwlq_scores(absw, n_members, &M, p, n_fractions + 2, bits, err, 0, 1, 0, n_fractions + 2);
-        int64_t i = first_min(err, n_fractions + 2);
-        double bp = p[i], be = err[i];
-        i = first_min(err, n_fractions);
-        frac[0] = fractions[i];
-        val[0] = err[i];
-        /* the lattice around the best coarse fraction */
-        for (int64_t k = 0; k < n_steps; ++k) p[k] = M * (frac[k + 1] = clamp(frac[0] + steps[k], lo, hi));
-        pwlq_scores(absw, n_members, &M, p, n_steps, bits, err, 0, 1, 0, n_steps);
-        i = first_min(err, n_steps);
-        if (err[i] < be) bp = p[i], be = err[i];
-        if (M == 0.0) {   /* every candidate is 0 */
-            best[g] = bp;
-            continue;
+    for (int64_t gb = g0; gb < g1; gb += lanes) {
+        const int64_t nb = gb + lanes <= g1 ? lanes : g1 - gb;
+        for (int64_t b = 0; b < lanes; ++b) {
+            const int64_t g = gb + (b < nb ? b : 0);
+            const float *row = w + g * n_members;
+            M[b] = m[g];
+            for (int64_t n = 0; n < n_members; ++n) x[lanes == 1 ? n : n * LANES + b] = fabsf(row[n]);
+            /* coarse stage, p = m, approx */
+            double *q = p + b * C1;
+            for (int64_t k = 0; k < n_fractions; ++k) q[k] = M[b] * fractions[k];
+            q[n_fractions] = M[b];
+            q[n_fractions + 1] = approx[g] < M[b] ? approx[g] : M[b];
         }
-        for (int64_t k = 0; k < n_steps; ++k) val[k + 1] = err[k];
-        /* the fine lattices around the `windows` least so far, in order of error */
-        for (int64_t c = 0; c <= n_steps; ++c) taken[c] = 0;
-        for (int64_t k = 0; k < windows; ++k) {
-            int64_t j = -1;
-            for (int64_t c = 0; c <= n_steps; ++c)
-                if (!taken[c] && (j < 0 || val[c] < val[j])) j = c;
-            taken[j] = 1;
-            chosen[k] = j;
-            centre[k] = frac[j];
+        score_block(x, n_members, lanes, M, p, C1, bits, err);
+        for (int64_t b = 0; b < lanes; ++b) {
+            const double *e = err + b * C1;
+            int64_t i = first_min(e, C1);
+            bp[b] = p[b * C1 + i];
+            be[b] = e[i];
+            i = first_min(e, n_fractions);
+            frac[b][0] = fractions[i];
+            coarse_err[b] = e[i];
         }
-        int tie = 0;   /* the windows' order, or the last one's choice, is not unique */
-        for (int64_t k = 1; k < windows; ++k) tie |= val[chosen[k]] == val[chosen[k - 1]];
-        for (int64_t c = 0; c <= n_steps; ++c) tie |= !taken[c] && val[c] == val[chosen[windows - 1]];
-        if (tie && be > 0.0) {   /* be = 0: no later candidate can win, whatever the windows */
-            best[g] = NAN;
-            continue;
+        for (int64_t b = 0; b < lanes; ++b)   /* the lattice around the best coarse fraction */
+            for (int64_t k = 0; k < n_steps; ++k)
+                p[b * n_steps + k] = M[b] * (frac[b][k + 1] = clamp(frac[b][0] + steps[k], lo, hi));
+        score_block(x, n_members, lanes, M, p, n_steps, bits, err);
+        for (int64_t b = 0; b < lanes; ++b) {
+            const double *e = err + b * n_steps;
+            const int64_t i = first_min(e, n_steps);
+            if (e[i] < be[b]) bp[b] = p[b * n_steps + i], be[b] = e[i];
+            /* the fine lattices around the `windows` least so far, in order of error */
+            val[0] = coarse_err[b];
+            for (int64_t k = 0; k < n_steps; ++k) val[k + 1] = e[k];
+            for (int64_t c = 0; c <= n_steps; ++c) taken[c] = 0;
+            for (int64_t k = 0; k < windows; ++k) {
+                int64_t j = -1;
+                for (int64_t c = 0; c <= n_steps; ++c)
+                    if (!taken[c] && (j < 0 || val[c] < val[j])) j = c;
+                taken[j] = 1;
+                chosen[k] = j;
+            }
+            /* the windows' order, or the last one's choice, is not unique */
+            tie[b] = 0;
+            for (int64_t k = 1; k < windows; ++k) tie[b] |= val[chosen[k]] == val[chosen[k - 1]];
+            for (int64_t c = 0; c <= n_steps; ++c) tie[b] |= !taken[c] && val[c] == val[chosen[windows - 1]];
+            tie[b] &= be[b] > 0.0;   /* be = 0 (all-zero groups among them): nothing later can win */
+            for (int64_t k = 0; k < windows; ++k) centre[b][k] = frac[b][chosen[k]];
         }
-        for (int64_t k = 0; k < windows; ++k)
-            for (int64_t s = 0; s < n_steps; ++s) p[k * n_steps + s] = M * clamp(centre[k] + fine_steps[s], lo, hi);
-        pwlq_scores(absw, n_members, &M, p, windows * n_steps, bits, err, 0, 1, 0, windows * n_steps);
-        i = first_min(err, windows * n_steps);
-        if (err[i] < be) bp = p[i];
-        best[g] = bp;
+        for (int64_t b = 0; b < lanes; ++b)
+            for (int64_t k = 0; k < windows; ++k)
+                for (int64_t s = 0; s < n_steps; ++s)
+                    p[b * C3 + k * n_steps + s] = M[b] * clamp(centre[b][k] + fine_steps[s], lo, hi);
+        score_block(x, n_members, lanes, M, p, C3, bits, err);
+        for (int64_t b = 0; b < nb; ++b) {
+            const int64_t i = first_min(err + b * C3, C3);
+            if (err[b * C3 + i] < be[b]) bp[b] = p[b * C3 + i];
+            best[gb + b] = tie[b] ? NAN : bp[b];
+        }
     }
-    free(absw);
+    free(x);
 }
 
 /* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w [G, N]
