@@ -93,23 +93,36 @@ void pwlq_scores(const float *x, int64_t n_members, const double *m, const doubl
 
 /* Per group: m = max |w| and torch's unbiased standard deviation, bit for bit: Welford's update in double over
    the members in order, sqrt in double, rounded to float (torch's CPU std of one dimension below its 32768-member
-   grain size, which quantize_tensor's groups are; tests compare the two). One member: NaN. */
+   grain size, which quantize_tensor's groups are; tests compare the two). One member: NaN. Rows g0..g1-1, LANES
+   at a time, one per vector lane (each row's update is a chain of dependent divisions). */
+#define LANES 8
 void pwlq_stats(const float *w, int64_t n_members, float *absmax, float *std, int64_t g0, int64_t g1, int64_t u0,
                 int64_t u1) {
     (void)u0; (void)u1;
-    for (int64_t g = g0; g < g1; ++g) {
-        const float *row = w + g * n_members;
-        double mean = 0.0, m2 = 0.0;
-        float top = 0.0f;
-        for (int64_t n = 0; n < n_members; ++n) {
-            const double v = row[n], delta = v - mean;
-            mean += delta / (double)(n + 1);
-            m2 += delta * (v - mean);
-            const float a = fabsf(row[n]);
-            top = a > top ? a : top;
+    for (int64_t gb = g0; gb < g1; gb += LANES) {
+        const int64_t nb = gb + LANES <= g1 ? LANES : g1 - gb;
+        const float *row[LANES];
+        double mean[LANES], m2[LANES];
+        float top[LANES];
+        for (int64_t b = 0; b < LANES; ++b) {
+            row[b] = w + (gb + (b < nb ? b : 0)) * n_members;
+            mean[b] = m2[b] = 0.0;
+            top[b] = 0.0f;
         }
-        absmax[g] = top;
-        std[g] = (float)sqrt(m2 / (n_members > 1 ? (double)(n_members - 1) : 0.0));
+        for (int64_t n = 0; n < n_members; ++n) {
+#pragma omp simd
+            for (int64_t b = 0; b < LANES; ++b) {
+                const float a = row[b][n];
+                const double v = a, delta = v - mean[b];
+                mean[b] += delta / (double)(n + 1);
+                m2[b] += delta * (v - mean[b]);
+                top[b] = fabsf(a) > top[b] ? fabsf(a) : top[b];
+            }
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+            absmax[gb + b] = top[b];
+            std[gb + b] = (float)sqrt(m2[b] / (n_members > 1 ? (double)(n_members - 1) : 0.0));
+        }
     }
 }
 
@@ -126,7 +139,6 @@ static double clamp(double x, double lo, double hi) { x = x < lo ? lo : x; retur
    pwlq_scores, group by group (its sums, whose order its vectorised loop sets), x holding the rows. Short rows
    (under 16 members, which pwlq_scores adds one after another): LANES groups side by side, one per vector
    lane, x holding member n of group b at x[n LANES + b]; the same arithmetic as pwlq_scores, the same sums. */
-#define LANES 8
 static void score_block(const float *x, int64_t n_members, int64_t lanes, const double *M, const double *p,
                         int64_t C, int bits, double *err) {
     if (lanes == 1) {
