@@ -11,7 +11,7 @@ import torch
 
 from sw.models import to_deploy
 from sw.quant import pwlq, pwlq_kernel
-from sw.quant.granularity import SINGLE, to_groups
+from sw.quant.granularity import SINGLE, from_groups, group_strides, to_groups
 
 pytestmark = pytest.mark.skipif(not pwlq_kernel.available(), reason="no C compiler: the torch path is the only one")
 
@@ -127,3 +127,20 @@ def test_kernel_group_stats_are_torchs(deploy, gran):
             assert std.isnan().all()
         else:
             assert torch.equal(std, g.std(1, keepdim=True))
+
+
+@pytest.mark.parametrize("gran", SINGLE)
+def test_kernel_rounds_and_dequantizes_in_the_weights_layout(deploy, gran):
+    """Codes, regions and weights written straight into the conv weight's layout (no transposes) equal the torch
+    functions' on the groups' rows, put back by from_groups."""
+    w = deploy.conv_layers()["model.2.m.0.cv2.conv"].weight.detach().float()
+    g = to_groups(w, gran).contiguous()
+    m, std = pwlq.group_stats(g)
+    p = pwlq.approx_breakpoint(m, std)
+    codes, region, s_c, s_t, bp = pwlq.quantize(w, m, p, 4, gran)
+    ref_codes, ref_region = pwlq.round_to_levels(g, s_c, s_t, bp, 4)
+    assert torch.equal(codes, from_groups(ref_codes.to(torch.int8), tuple(w.shape), gran))
+    assert torch.equal(region, from_groups(ref_region, tuple(w.shape), gran))
+    fast = pwlq_kernel.dequantize(codes, region, s_c, s_t, bp, 4, group_strides(tuple(w.shape), gran))
+    slow = pwlq.dequantize(ref_codes, ref_region, s_c, s_t, bp, 4).float()
+    assert torch.equal(fast, from_groups(slow, tuple(w.shape), gran))

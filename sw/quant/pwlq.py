@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import pwlq_kernel
+from .granularity import from_groups, group_strides, to_groups
 
 # The authors' constants (paper-figures.md, "PWLQ as its authors define it"); p / sigma = ln(A m / sigma + B).
 APPROX_SLOPE = 0.86143114
@@ -84,17 +85,25 @@ def unpack_tail(code: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     return code < 0, torch.remainder(code, 1 << (bits - 1))
 
 
-def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
+def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int, granularity: str | None = None):
     """Codes (packed for tails; int8 from the compiled kernel, else in w's float dtype), tail mask, and the group
     parameters (s_c, s_t, p).
 
-    ``w`` is [G, N]; ``absmax`` and ``p`` are [G, 1]. ``p`` is returned as float64 [G, 1].
+    ``w`` is [G, N] (a group per row), or, with ``granularity``, the conv weight [o, c, h, w] itself, whose
+    groups are :func:`~sw.quant.granularity.to_groups`' rows: codes and mask then come in w's layout. ``absmax``
+    and ``p`` are [G, 1]. ``p`` is returned as float64 [G, 1].
     """
     p = p.double().minimum(absmax.double())
     s_c, s_t = pwlq_params(absmax, p, bits)
-    fused = pwlq_kernel.round_to_levels(w, absmax, p, bits)
-    codes, tail = fused if fused is not None else round_to_levels(w, s_c, s_t, p, bits)
-    return codes, tail, s_c, s_t, p
+    strides = None if granularity is None else group_strides(tuple(w.shape), granularity)
+    fused = pwlq_kernel.round_to_levels(w, absmax, p, bits, strides)
+    if fused is not None:
+        return (*fused, s_c, s_t, p)
+    if granularity is None:
+        return (*round_to_levels(w, s_c, s_t, p, bits), s_c, s_t, p)
+    codes, tail = round_to_levels(to_groups(w, granularity), s_c, s_t, p, bits)
+    shape = tuple(w.shape)
+    return from_groups(codes, shape, granularity), from_groups(tail, shape, granularity), s_c, s_t, p
 
 
 def round_to_levels(w: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor, bits: int):

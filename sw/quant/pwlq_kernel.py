@@ -256,50 +256,73 @@ void pwlq_search(const float *w, int64_t n_members, const double *m, const doubl
     free(x);
 }
 
-/* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w [G, N]
-   on each group's grid (steps as pwlq_params's, rounded to float). Rows g0..g1-1, members n0..n1-1. */
-void pwlq_round(const float *w, int64_t n_members, const double *m, const double *p, int bits, int8_t *codes,
-                uint8_t *region, int64_t g0, int64_t g1, int64_t n0, int64_t n1) {
+/* Weight layout: a conv weight [O, C, S] (S = h w), row-major, whose weight (o, c, s) belongs to group
+   o so + c sc + s ss (sw.quant.granularity.group_strides); rows [G, N] are O = G, C = 1, S = N, (1, 0, 0). The
+   kernels below read and write that layout directly: no transposes for F-shape and C-shape groups. */
+
+/* Each group's grid as squared_error rounds it to float: p (at most m), s_c, s_t (1 where unused). */
+void pwlq_grid(const double *m, const double *p, int bits, float *P, float *Sc, float *St, int64_t g0, int64_t g1,
+               int64_t u0, int64_t u1) {
+    (void)u0; (void)u1;
     const double centre_levels = (double)((1 << bits) - 1), tail_steps = (double)((1 << (bits - 1)) - 1);
-    const float top = (float)((1 << (bits - 1)) - 1);
-    const int half = 1 << (bits - 1);
     for (int64_t g = g0; g < g1; ++g) {
         const double M = m[g], pd = p[g] < M ? p[g] : M;
         const double scd = 2 * pd / centre_levels, std = (M - pd) / tail_steps;
-        const float P = (float)pd, Sc = scd > 0 ? (float)scd : 1.0f, St = std > 0 ? (float)std : 1.0f;
-        for (int64_t n = n0; n < n1; ++n) {
-            const int64_t i = g * n_members + n;
-            const float v = w[i], a = fabsf(v);
-            const int tail = a >= P;
-            float centre = nearbyintf(a / Sc);
-            centre = centre > top ? top : centre;
-            float j = nearbyintf((a - P) / St);
-            j = j < 0.0f ? 0.0f : (j > top ? top : j);
-            int code;
-            if (tail) code = v < 0 ? (int)j - half : (int)j;
-            else code = v < 0 ? -(int)centre : (int)centre;
-            codes[i] = (int8_t)code;
-            region[i] = (uint8_t)tail;
-        }
+        P[g] = (float)pd;
+        Sc[g] = scd > 0 ? (float)scd : 1.0f;
+        St[g] = std > 0 ? (float)std : 1.0f;
     }
 }
 
-/* sw.quant.pwlq.dequantize, fused: centre s_c q, tail sgn (p + j s_t), in double, rounded once to float. */
-void pwlq_dequantize(const int8_t *codes, const uint8_t *region, int64_t n_members, const double *sc,
-                     const double *st, const double *p, int bits, float *out, int64_t g0, int64_t g1, int64_t n0,
-                     int64_t n1) {
+/* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w on each
+   group's grid (pwlq_grid's). dims = (O, C, S), strides = (so, sc, ss). Filters o0..o1-1. */
+void pwlq_round(const float *w, const int64_t *dims, const int64_t *strides, const float *P, const float *Sc,
+                const float *St, int bits, int8_t *codes, uint8_t *region, int64_t o0, int64_t o1, int64_t u0,
+                int64_t u1) {
+    (void)u0; (void)u1;
+    const float top = (float)((1 << (bits - 1)) - 1);
     const int half = 1 << (bits - 1);
-    for (int64_t g = g0; g < g1; ++g) {
-        const double Sc = sc[g], St = st[g], P = p[g];
-        for (int64_t n = n0; n < n1; ++n) {
-            const int64_t i = g * n_members + n;
-            const int c = codes[i];
-            double magnitude;
-            if (region[i]) magnitude = (double)(c < 0 ? c + half : c) * St + P;
-            else magnitude = (double)(c < 0 ? -c : c) * Sc;
-            out[i] = (float)(c < 0 ? -magnitude : magnitude);
+    const int64_t C = dims[1], S = dims[2], ss = strides[2];
+    for (int64_t o = o0; o < o1; ++o)
+        for (int64_t c = 0; c < C; ++c) {
+            const int64_t g0 = o * strides[0] + c * strides[1], i0 = (o * C + c) * S;
+            for (int64_t s = 0; s < S; ++s) {
+                const int64_t g = g0 + s * ss, i = i0 + s;
+                const float v = w[i], a = fabsf(v);
+                const int tail = a >= P[g];
+                float centre = nearbyintf(a / Sc[g]);
+                centre = centre > top ? top : centre;
+                float j = nearbyintf((a - P[g]) / St[g]);
+                j = j < 0.0f ? 0.0f : (j > top ? top : j);
+                int code;
+                if (tail) code = v < 0 ? (int)j - half : (int)j;
+                else code = v < 0 ? -(int)centre : (int)centre;
+                codes[i] = (int8_t)code;
+                region[i] = (uint8_t)tail;
+            }
         }
-    }
+}
+
+/* sw.quant.pwlq.dequantize, fused: centre s_c q, tail sgn (p + j s_t), in double, rounded once to float; the
+   layout as pwlq_round's. Filters o0..o1-1. */
+void pwlq_dequantize(const int8_t *codes, const uint8_t *region, const int64_t *dims, const int64_t *strides,
+                     const double *sc, const double *st, const double *p, int bits, float *out, int64_t o0,
+                     int64_t o1, int64_t u0, int64_t u1) {
+    (void)u0; (void)u1;
+    const int half = 1 << (bits - 1);
+    const int64_t C = dims[1], S = dims[2], ss = strides[2];
+    for (int64_t o = o0; o < o1; ++o)
+        for (int64_t c = 0; c < C; ++c) {
+            const int64_t g0 = o * strides[0] + c * strides[1], i0 = (o * C + c) * S;
+            for (int64_t s = 0; s < S; ++s) {
+                const int64_t g = g0 + s * ss, i = i0 + s;
+                const int q = codes[i];
+                double magnitude;
+                if (region[i]) magnitude = (double)(q < 0 ? q + half : q) * st[g] + p[g];
+                else magnitude = (double)(q < 0 ? -q : q) * sc[g];
+                out[i] = (float)(q < 0 ? -magnitude : magnitude);
+            }
+        }
 }
 """
 # the candidate arrays' bounds (pwlq_search's stack), in the source itself so that the cache key covers them
@@ -349,9 +372,10 @@ def _build() -> ctypes.CDLL | None:
             os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
     library = ctypes.CDLL(str(target))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    library.pwlq_round.restype = library.pwlq_dequantize.restype = None
-    library.pwlq_round.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64]
-    library.pwlq_dequantize.argtypes = [ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64]
+    library.pwlq_round.restype = library.pwlq_dequantize.restype = library.pwlq_grid.restype = None
+    library.pwlq_grid.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, i64]
+    library.pwlq_round.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, ptr, i64, i64, i64, i64]
+    library.pwlq_dequantize.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ctypes.c_int, ptr, i64, i64, i64, i64]
     library.pwlq_scores.restype = library.pwlq_stats.restype = library.pwlq_search.restype = None
     library.pwlq_scores.argtypes = [ptr, i64, ptr, ptr, i64, ctypes.c_int, ptr, i64, i64, i64, i64]
     library.pwlq_stats.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64]
@@ -466,32 +490,53 @@ def search(w: torch.Tensor, absmax: torch.Tensor, approx: torch.Tensor, bits: in
     return best
 
 
-def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
-    """(int8 codes, bool tail mask) of float32 ``w`` [G, N] as :func:`sw.quant.pwlq.round_to_levels` gives them
-    for the parameters of ``absmax`` and ``p`` ([G, 1], float64); None without the kernel."""
+def _layout(w: torch.Tensor, strides: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(O, C, S) and (so, sc, ss) of rows [G, N] (``strides`` None) or of a conv weight [o, c, h, w] with its
+    groups' ``strides`` over (o, c, h, w) (:func:`sw.quant.granularity.group_strides`; h and w index groups
+    together, so (h, w) is one axis s of stride s_w)."""
+    if strides is None:
+        return torch.tensor([w.shape[0], 1, w.shape[1]]), torch.tensor([1, 0, 0])
+    o, c, h, wd = w.shape
+    if strides[2] != wd * strides[3]:
+        raise ValueError(f"group strides {strides} split a kernel's positions: not a layout the kernels read")
+    return torch.tensor([o, c, h * wd]), torch.tensor([strides[0], strides[1], strides[3]])
+
+
+def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int,
+                    strides: tuple[int, ...] | None = None):
+    """(int8 codes, bool tail mask) of float32 ``w`` as :func:`sw.quant.pwlq.round_to_levels` gives them for the
+    parameters of ``absmax`` and ``p`` ([G, 1], float64), in w's layout: rows [G, N], or, with the groups'
+    ``strides``, a conv weight [o, c, h, w]. None without the kernel."""
     library = _kernel()
     if library is None or w.dtype != torch.float32:
         return None
     w = w.contiguous()
+    dims, steps = _layout(w, strides)
     m, p = absmax.double().contiguous(), p.double().contiguous()
+    grid = torch.empty(3, m.shape[0], dtype=torch.float32)
+    _run(library.pwlq_grid, (m.data_ptr(), p.data_ptr(), bits, grid[0].data_ptr(), grid[1].data_ptr(),
+                             grid[2].data_ptr()), m.shape[0], 0, m.shape[0])
     codes = torch.empty(w.shape, dtype=torch.int8)
     tail = torch.empty(w.shape, dtype=torch.bool)
-    _run(library.pwlq_round, (w.data_ptr(), w.shape[1], m.data_ptr(), p.data_ptr(), bits, codes.data_ptr(),
-                              tail.data_ptr()), w.shape[0], w.shape[1], w.numel())
+    _run(library.pwlq_round, (w.data_ptr(), dims.data_ptr(), steps.data_ptr(), grid[0].data_ptr(),
+                              grid[1].data_ptr(), grid[2].data_ptr(), bits, codes.data_ptr(), tail.data_ptr()),
+         int(dims[0]), 0, w.numel())
     return codes, tail
 
 
 def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor,
-               bits: int) -> torch.Tensor | None:
-    """Float32 weights [G, N] from int8 ``codes`` and the ``tail`` mask, as :func:`sw.quant.pwlq.dequantize`
-    gives them rounded to float32; None without the kernel."""
+               bits: int, strides: tuple[int, ...] | None = None) -> torch.Tensor | None:
+    """Float32 weights from int8 ``codes`` and the ``tail`` mask, as :func:`sw.quant.pwlq.dequantize` gives them
+    rounded to float32, in the codes' layout (rows [G, N], or with the groups' ``strides`` a conv weight
+    [o, c, h, w]); None without the kernel."""
     library = _kernel()
     if library is None or codes.dtype != torch.int8:
         return None
     codes, tail = codes.contiguous(), tail.contiguous()
+    dims, steps = _layout(codes, strides)
     s_c, s_t, p = (t.double().contiguous() for t in (s_c, s_t, p))
     out = torch.empty(codes.shape, dtype=torch.float32)
-    _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), codes.shape[1], s_c.data_ptr(),
-                                   s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()), codes.shape[0],
-         codes.shape[1], codes.numel())
+    _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), dims.data_ptr(), steps.data_ptr(),
+                                   s_c.data_ptr(), s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()),
+         int(dims[0]), 0, codes.numel())
     return out
