@@ -129,11 +129,12 @@ def test_kernel_group_stats_are_torchs(deploy, gran):
             assert torch.equal(std, g.std(1, keepdim=True))
 
 
+@pytest.mark.parametrize("layer", ["model.0.conv", "model.2.cv1.conv", "model.2.m.0.cv2.conv"])  # 6x6, 1x1, 3x3
 @pytest.mark.parametrize("gran", SINGLE)
-def test_kernel_rounds_and_dequantizes_in_the_weights_layout(deploy, gran):
+def test_kernel_rounds_and_dequantizes_in_the_weights_layout(deploy, gran, layer):
     """Codes, regions and weights written straight into the conv weight's layout (no transposes) equal the torch
     functions' on the groups' rows, put back by from_groups."""
-    w = deploy.conv_layers()["model.2.m.0.cv2.conv"].weight.detach().float()
+    w = deploy.conv_layers()[layer].weight.detach().float()
     g = to_groups(w, gran).contiguous()
     m, std = pwlq.group_stats(g)
     p = pwlq.approx_breakpoint(m, std)

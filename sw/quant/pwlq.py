@@ -198,6 +198,12 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int,
     the authors (45 scorings). p = m (full-range symmetric) and ``approx`` (default:
     :func:`approx_breakpoint`) are scored too, and the least error of all wins, so the result is never worse
     than either, and never worse than the authors' own search (a subset of this one's candidates).
+
+    :func:`_search_rows` is the definition (torch glue around the compiled scorer, or torch's where no C compiler
+    works). With the compiler, :func:`sw.quant.pwlq_kernel.search` runs the same path group by group, with the
+    same rule on ties (the first least error wins; a later stage only when strictly less), and hands back the
+    groups whose fine windows tie, as torch.topk orders ties its own (undefined) way; those go through
+    :func:`_search_rows`. Both give the same breakpoints.
     """
     if approx is None:
         approx = approx_breakpoint(absmax, group_stats(w)[1])

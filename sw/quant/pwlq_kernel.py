@@ -1,17 +1,25 @@
-"""PWLQ's inner loops, compiled: the breakpoint search's scorer (the squared error of C candidate breakpoints
-for each of G groups, every member of every group scored), and rounding to codes and back, fused.
+"""PWLQ's inner loops, compiled: the whole breakpoint search of each group, its scorer (the squared error of C
+candidate breakpoints for each of G groups, every member of every group scored), the groups' max and standard
+deviation, and rounding to codes and back, fused.
 
 Why compiled: the search scores 50-80 candidates per group on every weight (36.9M in YOLOv7). As torch ops
 each candidate costs about ten passes over memory; here each group's members are read once into cache and
 every candidate is scored in one fused, vectorised loop. The arithmetic is :func:`sw.quant.pwlq.squared_error`'s,
 operation for operation (steps in double, rounded to float; then float division, round half to even, no fused
 multiply-add), so the two agree on every member's error; only the order of the final sums differs (float32
-blocks of 4096 added in float64). :func:`round_to_levels` and :func:`dequantize` give exactly what their torch
-namesakes in :mod:`sw.quant.pwlq` give (tests compare them), in one pass instead of ten.
+blocks of 4096 added in float64). :func:`search` runs :func:`sw.quant.pwlq._search_rows`' path and selection
+rule per group (the torch glue between its stages cost more than the scoring: for channel-wise 3x3, 3.5M
+groups of 9 weights); it returns the same breakpoints as that function does with this scorer (tests compare
+them with ==), handing back the rare groups where torch.topk's order on ties decides. :func:`stats` gives
+torch's own max and unbiased std bit for bit; :func:`round_to_levels` and :func:`dequantize` exactly what their
+torch namesakes in :mod:`sw.quant.pwlq` give, in one pass instead of ten, straight in the conv weight's layout.
+
+Threads: each call is cut into pieces that the torch thread count's workers take in turn (:func:`_run`), so a
+thread slowed by another process on its core does not hold the others up.
 
 The C source is built on first use with the system C compiler (``$CC``, else ``cc``) into the user's cache
 (``$XDG_CACHE_HOME/yoloq``, else ``~/.cache/yoloq``), keyed by the source, the flags and the CPU, and loaded
-with ctypes. Where no compiler works, :func:`scores` returns None and the caller uses the torch scorer.
+with ctypes. Where no compiler works, every function returns None and the caller uses torch.
 """
 
 from __future__ import annotations
@@ -256,9 +264,21 @@ void pwlq_search(const float *w, int64_t n_members, const double *m, const doubl
     free(x);
 }
 
-/* Weight layout: a conv weight [O, C, S] (S = h w), row-major, whose weight (o, c, s) belongs to group
-   o so + c sc + s ss (sw.quant.granularity.group_strides); rows [G, N] are O = G, C = 1, S = N, (1, 0, 0). The
-   kernels below read and write that layout directly: no transposes for F-shape and C-shape groups. */
+/* Weight layout: a tensor [O, C, S], row-major, whose element (o, c, s) belongs to group o so + c sc + s ss
+   (from sw.quant.granularity.group_strides, with dimensions merged where the strides allow, so that the inner
+   runs are long); rows [G, N] are [1, G, N] with strides (0, 1, 0). The kernels below read and write that
+   layout directly: no transposes for F-shape and C-shape groups. They take ranges of the flat index i0..i1-1. */
+#define LAYOUT_LOOP(...)                                                                                  \
+    const int64_t C = dims[1], S = dims[2], step_o = strides[0], step_c = strides[1], step_s = strides[2]; \
+    for (int64_t i = i0; i < i1;) {                                                                        \
+        const int64_t o = i / (C * S), c = i / S % C, s0 = i % S, run = S - s0 < i1 - i ? S - s0 : i1 - i; \
+        const int64_t gbase = o * step_o + c * step_c;                                                     \
+        for (int64_t k = 0; k < run; ++k) {                                                                \
+            const int64_t g = gbase + (s0 + k) * step_s, at = i + k;                                      \
+            __VA_ARGS__                                                                                    \
+        }                                                                                                  \
+        i += run;                                                                                          \
+    }
 
 /* Each group's grid as squared_error rounds it to float: p (at most m), s_c, s_t (1 where unused). */
 void pwlq_grid(const double *m, const double *p, int bits, float *P, float *Sc, float *St, int64_t g0, int64_t g1,
@@ -275,54 +295,42 @@ void pwlq_grid(const double *m, const double *p, int bits, float *P, float *Sc, 
 }
 
 /* sw.quant.pwlq.round_to_levels, fused: codes (tails packed, sign in the top bit) and region bits of w on each
-   group's grid (pwlq_grid's). dims = (O, C, S), strides = (so, sc, ss). Filters o0..o1-1. */
+   group's grid (pwlq_grid's), in the layout (dims, strides) above. */
 void pwlq_round(const float *w, const int64_t *dims, const int64_t *strides, const float *P, const float *Sc,
-                const float *St, int bits, int8_t *codes, uint8_t *region, int64_t o0, int64_t o1, int64_t u0,
+                const float *St, int bits, int8_t *codes, uint8_t *region, int64_t i0, int64_t i1, int64_t u0,
                 int64_t u1) {
     (void)u0; (void)u1;
     const float top = (float)((1 << (bits - 1)) - 1);
     const int half = 1 << (bits - 1);
-    const int64_t C = dims[1], S = dims[2], ss = strides[2];
-    for (int64_t o = o0; o < o1; ++o)
-        for (int64_t c = 0; c < C; ++c) {
-            const int64_t g0 = o * strides[0] + c * strides[1], i0 = (o * C + c) * S;
-            for (int64_t s = 0; s < S; ++s) {
-                const int64_t g = g0 + s * ss, i = i0 + s;
-                const float v = w[i], a = fabsf(v);
-                const int tail = a >= P[g];
-                float centre = nearbyintf(a / Sc[g]);
-                centre = centre > top ? top : centre;
-                float j = nearbyintf((a - P[g]) / St[g]);
-                j = j < 0.0f ? 0.0f : (j > top ? top : j);
-                int code;
-                if (tail) code = v < 0 ? (int)j - half : (int)j;
-                else code = v < 0 ? -(int)centre : (int)centre;
-                codes[i] = (int8_t)code;
-                region[i] = (uint8_t)tail;
-            }
-        }
+    LAYOUT_LOOP(
+        const float v = w[at], a = fabsf(v);
+        const int tail = a >= P[g];
+        float centre = nearbyintf(a / Sc[g]);
+        centre = centre > top ? top : centre;
+        float j = nearbyintf((a - P[g]) / St[g]);
+        j = j < 0.0f ? 0.0f : (j > top ? top : j);
+        int code;
+        if (tail) code = v < 0 ? (int)j - half : (int)j;
+        else code = v < 0 ? -(int)centre : (int)centre;
+        codes[at] = (int8_t)code;
+        region[at] = (uint8_t)tail;
+    )
 }
 
 /* sw.quant.pwlq.dequantize, fused: centre s_c q, tail sgn (p + j s_t), in double, rounded once to float; the
-   layout as pwlq_round's. Filters o0..o1-1. */
+   layout as pwlq_round's. */
 void pwlq_dequantize(const int8_t *codes, const uint8_t *region, const int64_t *dims, const int64_t *strides,
-                     const double *sc, const double *st, const double *p, int bits, float *out, int64_t o0,
-                     int64_t o1, int64_t u0, int64_t u1) {
+                     const double *sc, const double *st, const double *p, int bits, float *out, int64_t i0,
+                     int64_t i1, int64_t u0, int64_t u1) {
     (void)u0; (void)u1;
     const int half = 1 << (bits - 1);
-    const int64_t C = dims[1], S = dims[2], ss = strides[2];
-    for (int64_t o = o0; o < o1; ++o)
-        for (int64_t c = 0; c < C; ++c) {
-            const int64_t g0 = o * strides[0] + c * strides[1], i0 = (o * C + c) * S;
-            for (int64_t s = 0; s < S; ++s) {
-                const int64_t g = g0 + s * ss, i = i0 + s;
-                const int q = codes[i];
-                double magnitude;
-                if (region[i]) magnitude = (double)(q < 0 ? q + half : q) * st[g] + p[g];
-                else magnitude = (double)(q < 0 ? -q : q) * sc[g];
-                out[i] = (float)(q < 0 ? -magnitude : magnitude);
-            }
-        }
+    LAYOUT_LOOP(
+        const int q = codes[at];
+        double magnitude;
+        if (region[at]) magnitude = (double)(q < 0 ? q + half : q) * st[g] + p[g];
+        else magnitude = (double)(q < 0 ? -q : q) * sc[g];
+        out[at] = (float)(q < 0 ? -magnitude : magnitude);
+    )
 }
 """
 # the candidate arrays' bounds (pwlq_search's stack), in the source itself so that the cache key covers them
@@ -492,14 +500,24 @@ def search(w: torch.Tensor, absmax: torch.Tensor, approx: torch.Tensor, bits: in
 
 def _layout(w: torch.Tensor, strides: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, C, S) and (so, sc, ss) of rows [G, N] (``strides`` None) or of a conv weight [o, c, h, w] with its
-    groups' ``strides`` over (o, c, h, w) (:func:`sw.quant.granularity.group_strides`; h and w index groups
-    together, so (h, w) is one axis s of stride s_w)."""
+    groups' ``strides`` over (o, c, h, w) (:func:`sw.quant.granularity.group_strides`), dimensions of one
+    dropped and neighbours merged where the group strides allow (filter-wise: [o, c h w]; F-shape: [o, c h w]
+    with the group the position in a filter), so that the kernels' inner runs are long."""
     if strides is None:
-        return torch.tensor([w.shape[0], 1, w.shape[1]]), torch.tensor([1, 0, 0])
-    o, c, h, wd = w.shape
-    if strides[2] != wd * strides[3]:
-        raise ValueError(f"group strides {strides} split a kernel's positions: not a layout the kernels read")
-    return torch.tensor([o, c, h * wd]), torch.tensor([strides[0], strides[1], strides[3]])
+        sizes, steps = [w.shape[0], w.shape[1]], [1, 0]
+    else:
+        sizes, steps = list(w.shape), list(strides)
+    kept = [(n, s) for n, s in zip(sizes, steps) if n != 1]
+    merged: list[list[int]] = []
+    for n, s in kept:
+        if merged and merged[-1][1] == n * s:  # the outer dimension continues the inner one's groups
+            merged[-1] = [merged[-1][0] * n, s]
+        else:
+            merged.append([n, s])
+    if len(merged) > 3:
+        raise ValueError(f"group strides {strides} of shape {tuple(w.shape)}: not a layout the kernels read")
+    merged = [[1, 0]] * (3 - len(merged)) + merged
+    return torch.tensor([n for n, _ in merged]), torch.tensor([s for _, s in merged])
 
 
 def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int,
@@ -520,7 +538,7 @@ def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits
     tail = torch.empty(w.shape, dtype=torch.bool)
     _run(library.pwlq_round, (w.data_ptr(), dims.data_ptr(), steps.data_ptr(), grid[0].data_ptr(),
                               grid[1].data_ptr(), grid[2].data_ptr(), bits, codes.data_ptr(), tail.data_ptr()),
-         int(dims[0]), 0, w.numel())
+         w.numel(), 0, w.numel())
     return codes, tail
 
 
@@ -538,5 +556,5 @@ def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: 
     out = torch.empty(codes.shape, dtype=torch.float32)
     _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), dims.data_ptr(), steps.data_ptr(),
                                    s_c.data_ptr(), s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()),
-         int(dims[0]), 0, codes.numel())
+         codes.numel(), 0, codes.numel())
     return out
