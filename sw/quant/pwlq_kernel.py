@@ -268,15 +268,21 @@ void pwlq_search(const float *w, int64_t n_members, const double *m, const doubl
    (from sw.quant.granularity.group_strides, with dimensions merged where the strides allow, so that the inner
    runs are long); rows [G, N] are [1, G, N] with strides (0, 1, 0). The kernels below read and write that
    layout directly: no transposes for F-shape and C-shape groups. They take ranges of the flat index i0..i1-1. */
-#define LAYOUT_LOOP(...)                                                                                  \
+#define LAYOUT_LOOP(LOAD, ...)                                                                            \
     const int64_t C = dims[1], S = dims[2], step_o = strides[0], step_c = strides[1], step_s = strides[2]; \
     for (int64_t i = i0; i < i1;) {                                                                        \
         const int64_t o = i / (C * S), c = i / S % C, s0 = i % S, run = S - s0 < i1 - i ? S - s0 : i1 - i; \
         const int64_t gbase = o * step_o + c * step_c;                                                     \
-        for (int64_t k = 0; k < run; ++k) {                                                                \
-            const int64_t g = gbase + (s0 + k) * step_s, at = i + k;                                      \
-            __VA_ARGS__                                                                                    \
-        }                                                                                                  \
+        if (step_s == 0) { /* one group over the run: its parameters loaded once (codes alias anything) */ \
+            const int64_t g = gbase;                                                                       \
+            LOAD                                                                                           \
+            for (int64_t at = i; at < i + run; ++at) { __VA_ARGS__ }                                       \
+        } else                                                                                             \
+            for (int64_t k = 0; k < run; ++k) {                                                            \
+                const int64_t g = gbase + (s0 + k) * step_s, at = i + k;                                  \
+                LOAD                                                                                       \
+                __VA_ARGS__                                                                                \
+            }                                                                                              \
         i += run;                                                                                          \
     }
 
@@ -302,12 +308,13 @@ void pwlq_round(const float *w, const int64_t *dims, const int64_t *strides, con
     (void)u0; (void)u1;
     const float top = (float)((1 << (bits - 1)) - 1);
     const int half = 1 << (bits - 1);
-    LAYOUT_LOOP(
+#define ROUND_LOAD const float Pg = P[g], Scg = Sc[g], Stg = St[g];
+    LAYOUT_LOOP(ROUND_LOAD,
         const float v = w[at], a = fabsf(v);
-        const int tail = a >= P[g];
-        float centre = nearbyintf(a / Sc[g]);
+        const int tail = a >= Pg;
+        float centre = nearbyintf(a / Scg);
         centre = centre > top ? top : centre;
-        float j = nearbyintf((a - P[g]) / St[g]);
+        float j = nearbyintf((a - Pg) / Stg);
         j = j < 0.0f ? 0.0f : (j > top ? top : j);
         int code;
         if (tail) code = v < 0 ? (int)j - half : (int)j;
@@ -324,11 +331,12 @@ void pwlq_dequantize(const int8_t *codes, const uint8_t *region, const int64_t *
                      int64_t i1, int64_t u0, int64_t u1) {
     (void)u0; (void)u1;
     const int half = 1 << (bits - 1);
-    LAYOUT_LOOP(
+#define DEQUANTIZE_LOAD const double Scg = sc[g], Stg = st[g], Pg = p[g];
+    LAYOUT_LOOP(DEQUANTIZE_LOAD,
         const int q = codes[at];
         double magnitude;
-        if (region[at]) magnitude = (double)(q < 0 ? q + half : q) * st[g] + p[g];
-        else magnitude = (double)(q < 0 ? -q : q) * sc[g];
+        if (region[at]) magnitude = (double)(q < 0 ? q + half : q) * Stg + Pg;
+        else magnitude = (double)(q < 0 ? -q : q) * Scg;
         out[at] = (float)(q < 0 ? -magnitude : magnitude);
     )
 }
