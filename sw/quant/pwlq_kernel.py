@@ -528,6 +528,12 @@ def _layout(w: torch.Tensor, strides: tuple[int, ...] | None) -> tuple[torch.Ten
     return torch.tensor([n for n, _ in merged]), torch.tensor([s for _, s in merged])
 
 
+def _check_groups(dims: torch.Tensor, steps: torch.Tensor, groups: int) -> None:
+    """The kernels index the per-group arrays unchecked: the layout's last group must be among ``groups``."""
+    if int(((dims - 1) * steps).sum()) >= groups:
+        raise ValueError(f"layout {dims.tolist()} (group strides {steps.tolist()}) needs more than {groups} groups")
+
+
 def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int,
                     strides: tuple[int, ...] | None = None):
     """(int8 codes, bool tail mask) of float32 ``w`` as :func:`sw.quant.pwlq.round_to_levels` gives them for the
@@ -539,6 +545,7 @@ def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits
     w = w.contiguous()
     dims, steps = _layout(w, strides)
     m, p = absmax.double().contiguous(), p.double().contiguous()
+    _check_groups(dims, steps, min(m.numel(), p.numel()))
     grid = torch.empty(3, m.shape[0], dtype=torch.float32)
     _run(library.pwlq_grid, (m.data_ptr(), p.data_ptr(), bits, grid[0].data_ptr(), grid[1].data_ptr(),
                              grid[2].data_ptr()), m.shape[0], 0, m.shape[0])
@@ -561,6 +568,9 @@ def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: 
     codes, tail = codes.contiguous(), tail.contiguous()
     dims, steps = _layout(codes, strides)
     s_c, s_t, p = (t.double().contiguous() for t in (s_c, s_t, p))
+    if tail.shape != codes.shape or tail.dtype != torch.bool:
+        raise ValueError(f"region mask {tuple(tail.shape)} {tail.dtype} does not match codes {tuple(codes.shape)}")
+    _check_groups(dims, steps, min(s_c.numel(), s_t.numel(), p.numel()))
     out = torch.empty(codes.shape, dtype=torch.float32)
     _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), dims.data_ptr(), steps.data_ptr(),
                                    s_c.data_ptr(), s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()),
