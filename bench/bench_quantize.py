@@ -11,14 +11,20 @@ PWLQ configurations are also timed with the breakpoint search scored by torch in
 and its ratio to the kernel. The targets (issue 11): any single configuration <= 3 s, PWLQ mix4 <= 10 s, the
 eight Table I configurations <= 20 s. Each quantize_model time is the best of ``--repeat`` runs, with the CPU
 seconds that run took (all threads; less sensitive than wall time to other jobs on the machine).
+
+``--busy`` measures the Table I configurations and the mixes again beside one other torch process
+(bench_busy's spinner: a matmul/sort loop with torch's default threads and wait policy), in the same run, and
+prints idle and busy seconds side by side: what a second yoloq command or pytest worker does to the quantizer.
 """
 
 from __future__ import annotations
 
 try:
     from .common import table  # first: it applies the thread policy before torch loads
+    from .bench_busy import busy
 except ImportError:
     from common import table
+    from bench_busy import busy
 
 import argparse
 import time
@@ -83,6 +89,8 @@ def main() -> None:
     ap.add_argument("--sample-groups", type=int, default=20, help="groups per layer timed in the loop baseline")
     ap.add_argument("--repeat", type=int, default=2, help="quantize_model runs per configuration (best kept)")
     ap.add_argument("--pwlq-only", action="store_true", help="PWLQ configurations only, no per-group loop")
+    ap.add_argument("--busy", action="store_true",
+                    help="also time Table I's configurations and the mixes beside one other torch process")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = to_deploy(generate_weights(YoloModel(builtin_config("yolov7-training")), seed=0))
@@ -134,6 +142,25 @@ def main() -> None:
     mix4 = QuantSpec("pwlq", 4, "mix4")
     print(f"PWLQ mix4: {mixes['pwlq', 'mix4']:.1f} s, CPU {CPU_SECONDS[mix4]:.1f} s (target 10 s); single "
           "configurations: target 3 s each")
+    if args.busy:
+        print_busy(model, args.repeat)
+
+
+def print_busy(model, repeat: int) -> None:
+    """Idle and busy (beside bench_busy's spinner) seconds of Table I's configurations and the mixes, measured
+    one after the other in this run."""
+    specs = [QuantSpec(method, 4, gran) for method in ("affine", "pwlq")
+             for gran in ("filter", "channel", "fshape", "cshape", "mix3", "mix4")]
+    idle = {spec: timed(model, spec, repeat, record=False) for spec in specs}
+    loaded = busy(lambda: {spec: timed(model, spec, repeat, record=False) for spec in specs})
+    rows = [[f"{spec.method} 4b {spec.granularity}", round(idle[spec], 2), round(loaded[spec], 2),
+             round(loaded[spec] / idle[spec], 2)] for spec in specs]
+    table1 = [spec for spec in specs if spec.granularity not in ("mix3", "mix4")]
+    rows.append(["the eight Table I configurations", round(sum(idle[s] for s in table1), 1),
+                 round(sum(loaded[s] for s in table1), 1),
+                 round(sum(loaded[s] for s in table1) / sum(idle[s] for s in table1), 2)])
+    print("\nbeside one other torch process (bench_busy's spinner: default threads and wait policy):")
+    print(table(["configuration", "idle s", "busy s", "busy / idle"], rows))
 
 
 if __name__ == "__main__":

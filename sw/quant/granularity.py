@@ -57,11 +57,21 @@ def num_groups(shape: tuple[int, ...], granularity: str) -> int:
     return n
 
 
+def group_strides(shape: tuple[int, ...], granularity: str) -> tuple[int, int, int, int]:
+    """(s_o, s_c, s_h, s_w): weight (o, c, h, w) belongs to group o s_o + c s_c + h s_h + w s_w, the row of
+    :func:`to_groups` (row-major over the group axes; 0 for the axes that run over a group's members)."""
+    strides, step = [0, 0, 0, 0], 1
+    for a in reversed(GROUP_AXES[granularity]):
+        strides[a] = step
+        step *= shape[a]
+    return tuple(strides)
+
+
 def group_index(shape: tuple[int, ...], granularity: str) -> torch.Tensor:
     """The group id of every weight, shape [o, c, h, w] (row-major over the group axes)."""
-    g = num_groups(shape, granularity)
-    n = 1
-    for s in shape:
-        n *= s
-    ids = torch.arange(g, dtype=torch.int64).repeat_interleave(n // g)
-    return from_groups(ids, shape, granularity)
+    ids = torch.zeros(shape, dtype=torch.int64)
+    for axis, stride in enumerate(group_strides(shape, granularity)):
+        view = [1, 1, 1, 1]
+        view[axis] = shape[axis]
+        ids += torch.arange(shape[axis], dtype=torch.int64).view(view) * stride
+    return ids

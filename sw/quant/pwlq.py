@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from . import pwlq_kernel
+from .granularity import from_groups, group_strides, to_groups
 
 # The authors' constants (paper-figures.md, "PWLQ as its authors define it"); p / sigma = ln(A m / sigma + B).
 APPROX_SLOPE = 0.86143114
@@ -34,6 +35,7 @@ APPROX_INTERCEPT = 0.607901097496529
 # best, then +-(1..9) steps of FINE_STEP around each of the FINE_WINDOWS best points at COARSE_STEP resolution.
 COARSE_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 COARSE_STEP, FINE_STEP = 0.01, 0.001
+REACH = 9
 FINE_WINDOWS = 3
 # Groups of at most this many members (channel-wise 3x3, where most of a model's weights then sit) refine around
 # the best point only, the authors' own path (45 scorings instead of 81).
@@ -41,6 +43,17 @@ SHORT_GROUP = 9
 # Members searched at a time: the search's per-candidate arrays of that many groups then stay in cache (channel-
 # wise layers hold up to half a million 9-weight groups).
 CHUNK_MEMBERS = 1 << 18
+
+
+def group_stats(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m = max |w|, unbiased standard deviation) of every group (row) of ``g`` [G, N], both [G, 1] in g's dtype;
+    the deviation is NaN for one-member groups (the authors' approximation then has none: p = m). One pass in
+    the compiled kernel where it gives torch's own values (float32 rows below its grain), else torch's."""
+    fused = pwlq_kernel.stats(g)
+    if fused is not None:
+        return fused
+    m = g.abs().amax(1, keepdim=True)
+    return m, (g.std(1, keepdim=True) if g.shape[1] > 1 else torch.full_like(m, float("nan")))
 
 
 def approx_breakpoint(absmax: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -72,17 +85,25 @@ def unpack_tail(code: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tens
     return code < 0, torch.remainder(code, 1 << (bits - 1))
 
 
-def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int):
+def quantize(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int, granularity: str | None = None):
     """Codes (packed for tails; int8 from the compiled kernel, else in w's float dtype), tail mask, and the group
     parameters (s_c, s_t, p).
 
-    ``w`` is [G, N]; ``absmax`` and ``p`` are [G, 1]. ``p`` is returned as float64 [G, 1].
+    ``w`` is [G, N] (a group per row), or, with ``granularity``, the conv weight [o, c, h, w] itself, whose
+    groups are :func:`~sw.quant.granularity.to_groups`' rows: codes and mask then come in w's layout. ``absmax``
+    and ``p`` are [G, 1]. ``p`` is returned as float64 [G, 1].
     """
     p = p.double().minimum(absmax.double())
     s_c, s_t = pwlq_params(absmax, p, bits)
-    fused = pwlq_kernel.round_to_levels(w, absmax, p, bits)
-    codes, tail = fused if fused is not None else round_to_levels(w, s_c, s_t, p, bits)
-    return codes, tail, s_c, s_t, p
+    strides = None if granularity is None else group_strides(tuple(w.shape), granularity)
+    fused = pwlq_kernel.round_to_levels(w, absmax, p, bits, strides)
+    if fused is not None:
+        return (*fused, s_c, s_t, p)
+    if granularity is None:
+        return (*round_to_levels(w, s_c, s_t, p, bits), s_c, s_t, p)
+    codes, tail = round_to_levels(to_groups(w, granularity), s_c, s_t, p, bits)
+    shape = tuple(w.shape)
+    return from_groups(codes, shape, granularity), from_groups(tail, shape, granularity), s_c, s_t, p
 
 
 def round_to_levels(w: torch.Tensor, s_c: torch.Tensor, s_t: torch.Tensor, p: torch.Tensor, bits: int):
@@ -152,10 +173,15 @@ def candidate_errors(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, 
     return torch.cat([squared_error(absw, absmax, p[:, i:i + 1], bits, scratch) for i in range(p.shape[1])], 1)
 
 
-def _lattice(centres: torch.Tensor, step: float, reach: int) -> torch.Tensor:
-    """[G, K * 2 reach] fractions centre + i step, i = +-1 .. +-reach, for each of K centres per group,
-    clipped to [0.001, 1]."""
-    offsets = torch.tensor([i * step for i in (*range(-reach, 0), *range(1, reach + 1))], dtype=torch.float64)
+def _steps(step: float) -> tuple[float, ...]:
+    """A lattice's offsets from its centre: i step for i = -REACH .. -1, 1 .. REACH."""
+    return tuple(i * step for i in (*range(-REACH, 0), *range(1, REACH + 1)))
+
+
+def _lattice(centres: torch.Tensor, step: float) -> torch.Tensor:
+    """[G, K * 2 REACH] fractions centre + i step (:func:`_steps`), for each of K centres per group, clipped to
+    [0.001, 1]."""
+    offsets = torch.tensor(_steps(step), dtype=torch.float64)
     return (centres.unsqueeze(2) + offsets).reshape(centres.shape[0], -1).clamp_(FINE_STEP, 1.0)
 
 
@@ -172,16 +198,29 @@ def search_breakpoint(w: torch.Tensor, absmax: torch.Tensor, bits: int,
     the authors (45 scorings). p = m (full-range symmetric) and ``approx`` (default:
     :func:`approx_breakpoint`) are scored too, and the least error of all wins, so the result is never worse
     than either, and never worse than the authors' own search (a subset of this one's candidates).
+
+    :func:`_search_rows` is the definition (torch glue around the compiled scorer, or torch's where no C compiler
+    works). With the compiler, :func:`sw.quant.pwlq_kernel.search` runs the same path group by group, with the
+    same rule on ties (the first least error wins; a later stage only when strictly less), and hands back the
+    groups whose fine windows tie, as torch.topk orders ties its own (undefined) way; those go through
+    :func:`_search_rows`. Both give the same breakpoints.
     """
     if approx is None:
-        std = w.std(1, keepdim=True) if w.shape[1] > 1 else torch.full_like(absmax, float("nan"))
-        approx = approx_breakpoint(absmax, std)
+        approx = approx_breakpoint(absmax, group_stats(w)[1])
+    windows = 1 if w.shape[1] <= SHORT_GROUP else FINE_WINDOWS
+    fused = pwlq_kernel.search(w, absmax, approx, bits, windows, COARSE_FRACTIONS, _steps(COARSE_STEP),
+                               _steps(FINE_STEP), FINE_STEP, 1.0)
+    if fused is not None:
+        tied = fused.isnan().nonzero()[:, 0]  # the torch rule decides these (topk's order on ties)
+        if len(tied):
+            fused[tied] = _search_rows(w[tied], absmax[tied], bits, approx[tied], windows)
+        return fused
     rows = max(1, CHUNK_MEMBERS // w.shape[1])   # groups are independent: search them in cache-sized chunks
-    return torch.cat([_search_rows(w[i:i + rows], absmax[i:i + rows], bits, approx[i:i + rows])
+    return torch.cat([_search_rows(w[i:i + rows], absmax[i:i + rows], bits, approx[i:i + rows], windows)
                       for i in range(0, w.shape[0], rows)])
 
 
-def _search_rows(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: torch.Tensor) -> torch.Tensor:
+def _search_rows(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: torch.Tensor, windows: int) -> torch.Tensor:
     absw = w.abs().float().contiguous()
     m = absmax.double()
     best = best_err = None
@@ -201,9 +240,8 @@ def _search_rows(w: torch.Tensor, absmax: torch.Tensor, bits: int, approx: torch
     err = score(torch.cat([m * coarse, m, approx.double().minimum(m)], 1))[:, :len(COARSE_FRACTIONS)]
     least, i = err.min(1, keepdim=True)
     path = coarse.gather(1, i)   # the best coarse fraction: where the authors' refinement starts
-    frac = _lattice(path, COARSE_STEP, 9)
+    frac = _lattice(path, COARSE_STEP)
     err = score(m * frac)
-    windows = 1 if w.shape[1] <= SHORT_GROUP else FINE_WINDOWS
     top = torch.cat([least, err], 1).topk(windows, 1, largest=False).indices
-    score(m * _lattice(torch.cat([path, frac], 1).gather(1, top), FINE_STEP, 9))
+    score(m * _lattice(torch.cat([path, frac], 1).gather(1, top), FINE_STEP))
     return best

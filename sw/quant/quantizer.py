@@ -56,15 +56,15 @@ def quantize_tensor(w: torch.Tensor, method: str, bits: int, granularity: str, b
         z = torch.zeros_like(s, dtype=torch.int64)
         codes = quantize(g, s, 0, *code_range(bits, restricted=not full))
     else:
-        m = g.abs().amax(1, keepdim=True)
-        # unbiased, as the authors; one-member groups have none (NaN: p = m)
-        std = g.std(1, keepdim=True) if g.shape[1] > 1 else torch.full_like(m, float("nan"))
+        g = g.contiguous()  # one transpose per layer (F-shape groups are strided): every pass below reads rows
+        m, std = pwlq.group_stats(g)  # unbiased std, as the authors (NaN for one member: p = m)
         approx = pwlq.approx_breakpoint(m, std)
         p = approx if breakpoint == "approx" else pwlq.search_breakpoint(g, m, bits, approx)
-        codes, tail, s_c, s_t, bp = pwlq.quantize(g, m, p, bits)
+        # codes and regions straight into the weight's layout (no transposes back)
+        codes, region, s_c, s_t, bp = pwlq.quantize(w.detach().float(), m, p, bits, granularity)
         s = torch.cat([s_c, s_t], 1)
         z = torch.zeros_like(s, dtype=torch.int64)  # PWLQ has no zero-point: the tails' offset is the breakpoint
-        region = from_groups(tail, shape, granularity)
+        return QuantizedTensor(shape, method, bits, granularity, codes.to(torch.int8), region, s, z, bp)
     return QuantizedTensor(shape, method, bits, granularity, from_groups(codes.to(torch.int8), shape, granularity),
                            region, s, z, bp)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from . import pwlq, pwlq_kernel
-from .granularity import from_groups, to_groups
+from .granularity import from_groups, group_strides, to_groups
 
 from .names import METHODS  # noqa: F401 (re-exported: defined without torch for the CLI)
 
@@ -50,10 +50,11 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch
         codes = to_groups(qt.codes, qt.granularity).double()
         w = codes.sub_(qt.zero_point).mul_(qt.scale)  # s (q - z) in float64, rounded once below
     else:
+        if dtype == torch.float32:  # the compiled kernel reads the weight's layout: no transposes
+            fused = pwlq_kernel.dequantize(qt.codes, qt.region, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint,
+                                           qt.bits, group_strides(qt.shape, qt.granularity))
+            if fused is not None:
+                return fused
         codes, tail = to_groups(qt.codes, qt.granularity), to_groups(qt.region, qt.granularity)
-        fused = pwlq_kernel.dequantize(codes, tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits) \
-            if dtype == torch.float32 else None
-        if fused is not None:
-            return from_groups(fused, qt.shape, qt.granularity)
         w = pwlq.dequantize(codes.float(), tail, qt.scale[:, :1], qt.scale[:, 1:], qt.breakpoint, qt.bits)
     return from_groups(w.to(dtype), qt.shape, qt.granularity)
