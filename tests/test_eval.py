@@ -10,14 +10,14 @@ import torch
 
 from sw.cli import main
 from sw.eval.boxes import box_iou, unletterbox
-from sw.eval.coco import detect, detect_many, load_coco, score
+from sw.eval.coco import coco_eval, detect, detect_many, load_coco, score
 from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
 from sw.eval.nms import greedy_nms, non_max_suppression
 
 
 def _reference_nms(boxes, scores, classes, thr):
-    """Textbook per-class greedy NMS, merged by score."""
+    """Textbook per-class greedy NMS, merged by score (ties: the earlier candidate first)."""
     keep = []
     for c in np.unique(classes):
         idx = list(np.flatnonzero(classes == c)[np.argsort(-scores[classes == c], kind="stable")])
@@ -26,7 +26,7 @@ def _reference_nms(boxes, scores, classes, thr):
             keep.append(i)
             ious = box_iou(torch.tensor(boxes[[i]]), torch.tensor(boxes[idx])).numpy()[0] if idx else []
             idx = [j for j, v in zip(idx, ious) if v <= thr]
-    return sorted(keep, key=lambda i: -scores[i])
+    return sorted(keep, key=lambda i: (-scores[i], i))
 
 
 @pytest.mark.parametrize("seed,n", [(0, 400), (1, 400), (2, 400), (3, 1300), (4, 1300)])
@@ -53,6 +53,49 @@ def test_nms_multilabel_and_threshold():
     assert out[:, 5].tolist() == [0.0, 1.0]
     assert out[:, 4].tolist() == pytest.approx([0.4, 0.2])
     assert out[0, :4].tolist() == [40, 40, 60, 60]
+
+
+def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
+    """The real YOLOv5n's predictions (thousands of candidates per image at conf 0.001, many blocks): the same
+    boxes, scores and classes, bit for bit, as a plain torch candidate filter and textbook per-class NMS."""
+    coco = load_coco(coco_root, limit=3)
+    images = [load_letterboxed(coco.paths[i], i, 320, 32) for i in coco.image_ids]
+    with torch.inference_mode():
+        preds = [yolov5n(torch.from_numpy(im.array)[None].float() / 255.0) for im in images]
+    for pred in preds:
+        x, got = pred[0], non_max_suppression(pred, conf_thres=0.001, iou_thres=0.65, max_det=300)[0]
+        x = x[x[:, 4] > 0.001]
+        cls_scores = x[:, 5:] * x[:, 4:5]
+        i, j = (cls_scores > 0.001).nonzero(as_tuple=True)
+        xy, wh = x[i, :2], x[i, 2:4]
+        cand = torch.cat((xy - wh / 2, xy + wh / 2, cls_scores[i, j, None], j[:, None].float()), 1).numpy()
+        keep = _reference_nms(cand[:, :4], cand[:, 4], cand[:, 5], 0.65)[:300]
+        assert len(cand) > 300 and len(keep) > 10  # real work: many candidates, many kept
+        assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
+
+
+def test_fast_cocoeval_equals_pycocotools(yolov5n, coco_root):
+    """sw.eval.cocoeval.FastCOCOeval against pycocotools' COCOeval on the real YOLOv5n's detections of 24 COCO
+    images: every per-image evaluation, every accumulated array and every summary stat equal (==)."""
+    from pycocotools.cocoeval import COCOeval
+
+    coco = load_coco(coco_root, limit=24)
+    dets = detect(yolov5n, coco, img_size=320, stride=int(yolov5n.stride.max()), progress=False)
+    fast, reference = coco_eval(coco, dets), coco_eval(coco, dets, evaluator=COCOeval)
+    assert reference.stats[1] > 0.2  # real detections were scored
+    assert list(fast.stats) == list(reference.stats)
+    for k in ("precision", "recall", "scores"):
+        assert fast.eval[k].dtype == reference.eval[k].dtype and np.array_equal(fast.eval[k], reference.eval[k])
+    assert len(fast.evalImgs) == len(reference.evalImgs)
+    for a, b in zip(fast.evalImgs, reference.evalImgs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], np.ndarray):
+                    assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+                else:
+                    assert a[key] == b[key], key
 
 
 def test_match_predictions_yolov7_rules():

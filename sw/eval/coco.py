@@ -165,10 +165,11 @@ def _postprocess(pred: torch.Tensor, items, conf_thres: float, iou_thres: float,
     """NMS of one batch's predictions, boxes mapped back to original-image pixels: ([(image id, [n, 6])],
     number of predictions dropped because they held NaN or infinite values: those are never scored)."""
     out = []
-    finite = torch.isfinite(pred).all(dim=-1, keepdim=True)
-    dropped = int((~finite).sum())
+    pred = pred.numpy()  # numpy from here: one thread, none of torch's workers woken beside the forward pass
+    finite = np.isfinite(pred).all(axis=-1)
+    dropped = int(finite.size - np.count_nonzero(finite))
     if dropped:  # zero rows fall below any score threshold
-        pred = torch.where(finite, pred, torch.zeros((), dtype=pred.dtype))
+        pred = np.where(finite[..., None], pred, np.zeros((), dtype=pred.dtype))
     with torch.inference_mode():
         for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
             det = det.double()
@@ -244,29 +245,43 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
     return results, forward_s
 
 
-def _coco_map(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+def coco_records(detections: dict[int, torch.Tensor]) -> list[dict]:
+    """Detections as pycocotools results (COCO category ids, [x, y, w, h] boxes), YOLOv7 test.py's rounding."""
     records = []
     for image_id, det in detections.items():
         for x1, y1, x2, y2, score, cls in det.tolist():
             records.append({"image_id": image_id, "category_id": COCO80_TO_91[int(cls)],
                             "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                             "score": round(score, 5)})
+    return records
+
+
+def coco_eval(coco: CocoSubset, detections: dict[int, torch.Tensor], evaluator=None):
+    """The evaluated and summarized ``evaluator`` (a pycocotools COCOeval class; default
+    :class:`~sw.eval.cocoeval.FastCOCOeval`) of ``detections``; None when there is no detection at all."""
+    from pycocotools.coco import COCO
+
+    from .cocoeval import FastCOCOeval
+
+    records = coco_records(detections)
     if not records:
-        return 0.0, 0.0
+        return None
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want
         gt = COCO()
         gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
         gt.createIndex()
         dt = gt.loadRes(records)
-        ev = COCOeval(gt, dt, "bbox")
+        ev = (evaluator or FastCOCOeval)(gt, dt, "bbox")
         ev.params.imgIds = sorted(detections)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return float(ev.stats[1]), float(ev.stats[0])
+    return ev
+
+
+def _coco_map(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> tuple[float, float]:
+    ev = coco_eval(coco, detections)
+    return (0.0, 0.0) if ev is None else (float(ev.stats[1]), float(ev.stats[0]))
 
 
 def score(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> dict:
