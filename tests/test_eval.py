@@ -10,7 +10,7 @@ import torch
 
 from sw.cli import main
 from sw.eval.boxes import box_iou, unletterbox
-from sw.eval.coco import coco_eval, detect, detect_many, load_coco, score
+from sw.eval.coco import detect, detect_many, load_coco, score
 from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
 from sw.eval.nms import greedy_nms, non_max_suppression
@@ -74,20 +74,47 @@ def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
         assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
 
 
-def test_fast_cocoeval_equals_pycocotools(yolov5n, coco_root):
-    """sw.eval.cocoeval.FastCOCOeval against pycocotools' COCOeval on the real YOLOv5n's detections of 24 COCO
-    images: every per-image evaluation, every accumulated array and every summary stat equal (==)."""
+def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
+    """The Scorer's per-batch FastCOCOevals, merged, against one pycocotools COCOeval over all images (loadRes of
+    every detection), on the real YOLOv5n's detections of 16 COCO images fed in batches of 5: every per-image
+    evaluation (detection ids included), every accumulated array and every summary stat equal (==)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    coco = load_coco(coco_root, limit=24)
+    from sw.eval.coco import Scorer, coco_records
+    from sw.eval.cocoeval import FastCOCOeval
+
+    coco = load_coco(coco_root, limit=16)
     dets = detect(yolov5n, coco, img_size=320, stride=int(yolov5n.stride.max()), progress=False)
-    fast, reference = coco_eval(coco, dets), coco_eval(coco, dets, evaluator=COCOeval)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = coco.gt
+        gt.createIndex()
+        reference = COCOeval(gt, gt.loadRes(coco_records(dets.items())), "bbox")
+        reference.params.imgIds = sorted(dets)
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    scorer = Scorer(coco)
+    items = list(dets.items())
+    for start in range(0, len(items), 5):
+        scorer.add(items[start:start + 5])
+    merged = scorer.merged(FastCOCOeval)
+    with contextlib.redirect_stdout(io.StringIO()):
+        merged.accumulate()
+        merged.summarize()
     assert reference.stats[1] > 0.2  # real detections were scored
-    assert list(fast.stats) == list(reference.stats)
+    assert list(merged.stats) == list(reference.stats)
+    result = scorer.result()
+    assert (result["map50"], result["map50_95"]) == (reference.stats[1], reference.stats[0])
+    assert result == score(coco, dets)  # all at once: one batch
     for k in ("precision", "recall", "scores"):
-        assert fast.eval[k].dtype == reference.eval[k].dtype and np.array_equal(fast.eval[k], reference.eval[k])
-    assert len(fast.evalImgs) == len(reference.evalImgs)
-    for a, b in zip(fast.evalImgs, reference.evalImgs):
+        assert merged.eval[k].dtype == reference.eval[k].dtype and np.array_equal(merged.eval[k], reference.eval[k])
+    assert len(merged.evalImgs) == len(reference.evalImgs)
+    for a, b in zip(merged.evalImgs, reference.evalImgs):
         assert (a is None) == (b is None)
         if a is not None:
             assert a.keys() == b.keys()

@@ -59,7 +59,7 @@ class FastCOCOeval(COCOeval):
                 for dind in np.flatnonzero((~(ious < start)).any(1)).tolist():
                     d = dt[dind]
                     iou, m = start, -1
-                    for gind, g in enumerate(gt):
+                    for gind in range(G):
                         if gtm[tind, gind] > 0 and not iscrowd[gind]:
                             continue
                         if m > -1 and gtIg[m] == 0 and gtIg[gind] == 1:
