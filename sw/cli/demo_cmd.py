@@ -49,8 +49,8 @@ class Steps:
         self.t0 = time.perf_counter()
         self.rows: list[tuple[str, str, float, bool]] = []  # name, outcome, seconds, ran beside the mAP step
 
-    def done(self, name: str, start: float, outcome: str, overlapped: bool = False) -> None:
-        seconds = time.perf_counter() - start
+    def done(self, name: str, start: float, outcome: str, overlapped: bool = False, end: float | None = None) -> None:
+        seconds = (end or time.perf_counter()) - start
         self.rows.append((name, outcome, seconds, overlapped))
         print(f"[{name}] {outcome} ({seconds:.1f} s)", flush=True)
 
@@ -125,22 +125,21 @@ def run(args) -> int:
         t0 = time.perf_counter()
         result = validate(model, qm, coco, fmt, calib, {}, progress=True, hardware=hardware)
         t_map_end = time.perf_counter()
-        cosim, maps = cosim_future.result(), maps_future.result()
+        (cosim, cosim_end), (maps, maps_end) = cosim_future.result(), maps_future.result()
     write_json(out / "cosim.json", cosim.as_json())
     steps.done("co-simulation", t_cosim, f"every weight through the RTL ({args.sim}): {cosim.macs:,} MACs, "
                                          f"{cosim.mismatches} mismatches, {cosim.macs_per_s:,.0f} MACs/s",
-               overlapped=True)
+               overlapped=True, end=cosim_end)
     write_json(out / "featuremap.json", maps.as_json())
     steps.done("feature maps", t_maps, f"layer units (PE + integer epilogue) on every position and channel of "
                                        f"{len(FEATURE_MAP_LAYERS)} layers at {FEATURE_MAP_IMG} px ({args.sim}): "
                                        f"{maps.outputs_checked:,} output codes, {maps.mismatches} mismatches",
-               overlapped=True)
+               overlapped=True, end=maps_end)
     write_json(out / "validate.json", result)
-    steps.rows.append(("mAP", f"FP {result['map50_fp']:.4f}, SW {result['map50_sw']:.4f}, "
-                              f"HW {result['map50_hw']:.4f}, INT {result['map50_int']:.4f} mAP@.5 "
-                              f"(HW - SW {result['delta_map50']:+.4f}, INT - SW {result['delta_map50_int']:+.4f})",
-                       t_map_end - t0, False))
-    print(f"[mAP] {steps.rows[-1][1]} ({t_map_end - t0:.1f} s)", flush=True)
+    steps.done("mAP", t0, f"FP {result['map50_fp']:.4f}, SW {result['map50_sw']:.4f}, "
+                          f"HW {result['map50_hw']:.4f}, INT {result['map50_int']:.4f} mAP@.5 "
+                          f"(HW - SW {result['delta_map50']:+.4f}, INT - SW {result['delta_map50_int']:+.4f})",
+               end=t_map_end)
 
     print("\n== yoloq demo summary ==")
     print(f"YOLOv5n (real weights), {result['images']} COCO val2017 images, 4-bit PWLQ mix3, A=8, F=16\n")
@@ -170,7 +169,8 @@ def feature_map_stimulus(qm, coco_dir: Path, calib: Path):
 
 def simulate(cases, sim: str, unit: str):
     """``cases`` through the RTL (sim.cosim): the PE's accumulators (``unit="pe"``) or the layer unit's output
-    codes (``"layer"``), compared with the software's; no progress bars (it runs beside the mAP step)."""
+    codes (``"layer"``), compared with the software's; no progress bars (it runs beside the mAP step).
+    Returns (the result, the time it finished)."""
     from sim.cosim import Options, cosimulate
 
-    return cosimulate(cases, Options(sim=sim, unit=unit, progress=False))
+    return cosimulate(cases, Options(sim=sim, unit=unit, progress=False)), time.perf_counter()
