@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -257,6 +258,17 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
     return results, forward_s
 
 
+_STDOUT_SWAP = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """pycocotools prints progress we do not want. The swap of ``sys.stdout`` is process-wide and a nested swap
+    from another thread would restore the wrong stream, so scoring threads take turns."""
+    with _STDOUT_SWAP, contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
 def coco_records(detections) -> list[dict]:
     """(image id, [n, 6] detections) pairs as pycocotools results (COCO category ids, [x, y, w, h] boxes),
     YOLOv7 test.py's rounding."""
@@ -287,7 +299,7 @@ class Scorer:
         self.pr: list[tuple] = []   # per image: (TP flags, scores, classes, target classes)
         self.evals: list = []       # per batch: (its image ids, sorted; its evaluated FastCOCOeval)
         self.records = 0
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want
+        with _quiet():
             self.gt = COCO()
             self.gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
             self.gt.createIndex()
@@ -307,7 +319,7 @@ class Scorer:
             x, y, w, h = ann["bbox"]
             ann.update(segmentation=[[x, y, x, y + h, x + w, y + h, x + w, y]], area=w * h, id=n, iscrowd=0)
         self.records += len(records)
-        with contextlib.redirect_stdout(io.StringIO()):
+        with _quiet():
             dt = COCO()
             dt.dataset = {"images": self.coco.gt["images"], "categories": self.coco.gt["categories"],
                           "annotations": records}
@@ -326,7 +338,7 @@ class Scorer:
         map50 = map50_95 = 0.0
         if self.records:
             ev = self.merged(FastCOCOeval)
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet():
                 ev.accumulate()
                 ev.summarize()
             map50, map50_95 = float(ev.stats[1]), float(ev.stats[0])
