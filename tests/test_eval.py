@@ -17,7 +17,7 @@ from sw.eval.nms import greedy_nms, non_max_suppression
 
 
 def _reference_nms(boxes, scores, classes, thr):
-    """Textbook per-class greedy NMS, merged by score."""
+    """Textbook per-class greedy NMS, merged by score (ties: the earlier candidate first)."""
     keep = []
     for c in np.unique(classes):
         idx = list(np.flatnonzero(classes == c)[np.argsort(-scores[classes == c], kind="stable")])
@@ -26,7 +26,7 @@ def _reference_nms(boxes, scores, classes, thr):
             keep.append(i)
             ious = box_iou(torch.tensor(boxes[[i]]), torch.tensor(boxes[idx])).numpy()[0] if idx else []
             idx = [j for j, v in zip(idx, ious) if v <= thr]
-    return sorted(keep, key=lambda i: -scores[i])
+    return sorted(keep, key=lambda i: (-scores[i], i))
 
 
 @pytest.mark.parametrize("seed,n", [(0, 400), (1, 400), (2, 400), (3, 1300), (4, 1300)])
@@ -53,6 +53,76 @@ def test_nms_multilabel_and_threshold():
     assert out[:, 5].tolist() == [0.0, 1.0]
     assert out[:, 4].tolist() == pytest.approx([0.4, 0.2])
     assert out[0, :4].tolist() == [40, 40, 60, 60]
+
+
+def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
+    """The real YOLOv5n's predictions (thousands of candidates per image at conf 0.001, many blocks): the same
+    boxes, scores and classes, bit for bit, as a plain torch candidate filter and textbook per-class NMS."""
+    coco = load_coco(coco_root, limit=3)
+    images = [load_letterboxed(coco.paths[i], i, 320, 32) for i in coco.image_ids]
+    with torch.inference_mode():
+        preds = [yolov5n(torch.from_numpy(im.array)[None].float() / 255.0) for im in images]
+    for pred in preds:
+        x, got = pred[0], non_max_suppression(pred, conf_thres=0.001, iou_thres=0.65, max_det=300)[0]
+        x = x[x[:, 4] > 0.001]
+        cls_scores = x[:, 5:] * x[:, 4:5]
+        i, j = (cls_scores > 0.001).nonzero(as_tuple=True)
+        xy, wh = x[i, :2], x[i, 2:4]
+        cand = torch.cat((xy - wh / 2, xy + wh / 2, cls_scores[i, j, None], j[:, None].float()), 1).numpy()
+        keep = _reference_nms(cand[:, :4], cand[:, 4], cand[:, 5], 0.65)[:300]
+        assert len(cand) > 300 and len(keep) > 10  # real work: many candidates, many kept
+        assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
+
+
+def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
+    """The Scorer's per-batch FastCOCOevals, merged, against one pycocotools COCOeval over all images (loadRes of
+    every detection), on the real YOLOv5n's detections of 16 COCO images fed in batches of 5: every per-image
+    evaluation (detection ids included), every accumulated array and every summary stat equal (==)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from sw.eval.coco import Scorer, coco_records
+    from sw.eval.cocoeval import FastCOCOeval
+
+    coco = load_coco(coco_root, limit=16)
+    dets = detect(yolov5n, coco, img_size=320, stride=int(yolov5n.stride.max()), progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = coco.gt
+        gt.createIndex()
+        reference = COCOeval(gt, gt.loadRes(coco_records(dets.items())), "bbox")
+        reference.params.imgIds = sorted(dets)
+        reference.evaluate()
+        reference.accumulate()
+        reference.summarize()
+    scorer = Scorer(coco)
+    items = list(dets.items())
+    for start in range(0, len(items), 5):
+        scorer.add(items[start:start + 5])
+    merged = scorer.merged(FastCOCOeval)
+    with contextlib.redirect_stdout(io.StringIO()):
+        merged.accumulate()
+        merged.summarize()
+    assert reference.stats[1] > 0.2  # real detections were scored
+    assert list(merged.stats) == list(reference.stats)
+    result = scorer.result()
+    assert (result["map50"], result["map50_95"]) == (reference.stats[1], reference.stats[0])
+    assert result == score(coco, dets)  # all at once: one batch
+    for k in ("precision", "recall", "scores"):
+        assert merged.eval[k].dtype == reference.eval[k].dtype and np.array_equal(merged.eval[k], reference.eval[k])
+    assert len(merged.evalImgs) == len(reference.evalImgs)
+    for a, b in zip(merged.evalImgs, reference.evalImgs):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], np.ndarray):
+                    assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
+                else:
+                    assert a[key] == b[key], key
 
 
 def test_match_predictions_yolov7_rules():

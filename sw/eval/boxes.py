@@ -5,16 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def xywh2xyxy(x: torch.Tensor) -> torch.Tensor:
-    """Centre-size boxes to corner boxes."""
-    y = x.clone()
-    y[..., 0] = x[..., 0] - x[..., 2] / 2
-    y[..., 1] = x[..., 1] - x[..., 3] / 2
-    y[..., 2] = x[..., 0] + x[..., 2] / 2
-    y[..., 3] = x[..., 1] + x[..., 3] / 2
-    return y
-
-
 def box_area(b: torch.Tensor) -> torch.Tensor:
     return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
 

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -165,15 +167,24 @@ def _postprocess(pred: torch.Tensor, items, conf_thres: float, iou_thres: float,
     """NMS of one batch's predictions, boxes mapped back to original-image pixels: ([(image id, [n, 6])],
     number of predictions dropped because they held NaN or infinite values: those are never scored)."""
     out = []
-    finite = torch.isfinite(pred).all(dim=-1, keepdim=True)
-    dropped = int((~finite).sum())
+    pred = pred.numpy()  # numpy from here: one thread, none of torch's workers woken beside the forward pass
+    finite = np.isfinite(pred).all(axis=-1)
+    dropped = int(finite.size - np.count_nonzero(finite))
     if dropped:  # zero rows fall below any score threshold
-        pred = torch.where(finite, pred, torch.zeros((), dtype=pred.dtype))
+        pred = np.where(finite[..., None], pred, np.zeros((), dtype=pred.dtype))
     with torch.inference_mode():
         for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
             det = det.double()
             det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
             out.append((it.image_id, det))
+    return out, dropped
+
+
+def _postprocess_and_score(pred: torch.Tensor, items, conf_thres: float, iou_thres: float, max_det: int,
+                           scorer: "Scorer | None"):
+    out, dropped = _postprocess(pred, items, conf_thres, iou_thres, max_det)
+    if scorer is not None:
+        scorer.add(out)
     return out, dropped
 
 
@@ -186,13 +197,15 @@ def detect(predict: Callable[[torch.Tensor], torch.Tensor], coco: CocoSubset, **
 def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coco: CocoSubset, *,
                 img_size: int = 640, stride: int = 32, conf_thres: float = 0.001, iou_thres: float = 0.65,
                 max_det: int = 300, batch_size: int = 8, progress: bool = True, desc: str = "eval",
-                pipeline: bool = True) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, float]]:
+                pipeline: bool = True, scorers: dict[str, "Scorer"] | None = None,
+                ) -> tuple[dict[str, dict[int, torch.Tensor]], dict[str, float]]:
     """:func:`detect` for several models in one pass over the images (each batch decoded once, then run
     through every model): per model, its detections (the same as a pass of its own) and its forward seconds.
 
     With ``pipeline`` (default) the forward passes are the only work on this thread: the next batch is
     decoded and the previous batches' NMS runs in background threads meanwhile (numpy and the image decoder
-    release the GIL). The detections are the same tensors as without it, in the same order.
+    release the GIL). The detections are the same tensors as without it, in the same order. ``scorers`` (per
+    model, optional): each batch's detections are added to the model's :class:`Scorer` there too, as they come.
     """
     batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], img_size, stride, batch_size)
     results: dict[str, dict[int, torch.Tensor]] = {tag: {} for tag in predicts}
@@ -218,10 +231,11 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
                     t0 = time.perf_counter()
                     pred = predict(x)
                     forward_s[tag] += time.perf_counter() - t0
+                    args = (pred, items, conf_thres, iou_thres, max_det, (scorers or {}).get(tag))
                     if post is None:
-                        collect(tag, _postprocess(pred, items, conf_thres, iou_thres, max_det))
+                        collect(tag, _postprocess_and_score(*args))
                         continue
-                    pending.append((tag, post.submit(_postprocess, pred, items, conf_thres, iou_thres, max_det)))
+                    pending.append((tag, post.submit(_postprocess_and_score, *args)))
                     while len(pending) > 2 or (pending and pending[0][1].done()):  # bounded: predictions are large
                         tag_done, future = pending.popleft()
                         collect(tag_done, future.result())
@@ -244,68 +258,141 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
     return results, forward_s
 
 
-def _coco_map(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> tuple[float, float]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+_STDOUT_SWAP = threading.Lock()
 
+
+@contextlib.contextmanager
+def _quiet():
+    """pycocotools prints progress we do not want. The swap of ``sys.stdout`` is process-wide and a nested swap
+    from another thread would restore the wrong stream, so scoring threads take turns."""
+    with _STDOUT_SWAP, contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def coco_records(detections) -> list[dict]:
+    """(image id, [n, 6] detections) pairs as pycocotools results (COCO category ids, [x, y, w, h] boxes),
+    YOLOv7 test.py's rounding."""
     records = []
-    for image_id, det in detections.items():
+    for image_id, det in detections:
         for x1, y1, x2, y2, score, cls in det.tolist():
             records.append({"image_id": image_id, "category_id": COCO80_TO_91[int(cls)],
                             "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                             "score": round(score, 5)})
-    if not records:
-        return 0.0, 0.0
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress we do not want
-        gt = COCO()
-        gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
-        gt.createIndex()
-        dt = gt.loadRes(records)
-        ev = COCOeval(gt, dt, "bbox")
-        ev.params.imgIds = sorted(detections)
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return float(ev.stats[1]), float(ev.stats[0])
+    return records
+
+
+class Scorer:
+    """P and R (YOLOv7 style, at max mean F1), mAP@.5 and mAP@.5:.95 (pycocotools) of one model's detections,
+    fed batch by batch (:meth:`add`), so that the per-image work (P/R matching, pycocotools' per-image
+    evaluation) runs as the batches arrive, beside the next forward passes (:func:`detect_many`).
+
+    Each batch is evaluated by its own :class:`~sw.eval.cocoeval.FastCOCOeval`, its detections numbered on
+    from the batches before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges the
+    per-image evaluations in the order ``accumulate`` expects (category, area range, image id) and
+    accumulates once: the same evaluations, arrays and stats as one COCOeval over all the images (tested
+    with ==)."""
+
+    def __init__(self, coco: CocoSubset):
+        from pycocotools.coco import COCO
+
+        self.coco = coco
+        self.pr: list[tuple] = []   # per image: (TP flags, scores, classes, target classes)
+        self.evals: list = []       # per batch: (its image ids, sorted; its evaluated FastCOCOeval)
+        self.records = 0
+        with _quiet():
+            self.gt = COCO()
+            self.gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
+            self.gt.createIndex()
+
+    def add(self, batch: list[tuple[int, torch.Tensor]]) -> None:
+        """One batch's (image id, [n, 6] detections) pairs, each image once over all batches."""
+        from pycocotools.coco import COCO
+
+        from .cocoeval import FastCOCOeval
+
+        for image_id, det in batch:
+            gt_boxes, gt_cls = self.coco.targets[image_id]
+            self.pr.append((match_predictions(det, gt_boxes, gt_cls), det[:, 4].numpy(), det[:, 5].numpy(),
+                            gt_cls.numpy()))
+        records = coco_records(batch)
+        for n, ann in enumerate(records, self.records + 1):  # what loadRes adds to bbox results
+            x, y, w, h = ann["bbox"]
+            ann.update(segmentation=[[x, y, x, y + h, x + w, y + h, x + w, y]], area=w * h, id=n, iscrowd=0)
+        self.records += len(records)
+        with _quiet():
+            dt = COCO()
+            dt.dataset = {"images": self.coco.gt["images"], "categories": self.coco.gt["categories"],
+                          "annotations": records}
+            dt.createIndex()
+            ev = FastCOCOeval(self.gt, dt, "bbox")
+            ev.params.imgIds = sorted(image_id for image_id, _ in batch)
+            ev.evaluate()
+        self.evals.append((ev.params.imgIds, ev))
+
+    def result(self) -> dict:
+        from .cocoeval import FastCOCOeval
+
+        if not self.pr:
+            raise ValueError("no detections were added")
+        p, r = precision_recall_at_max_f1(*(np.concatenate(x) for x in zip(*self.pr)))
+        map50 = map50_95 = 0.0
+        if self.records:
+            ev = self.merged(FastCOCOeval)
+            with _quiet():
+                ev.accumulate()
+                ev.summarize()
+            map50, map50_95 = float(ev.stats[1]), float(ev.stats[0])
+        return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
+
+    def merged(self, evaluator):
+        """An ``evaluator`` (COCOeval class) holding every batch's per-image evaluations, ready to accumulate."""
+        first = self.evals[0][1]
+        ids = np.concatenate([batch_ids for batch_ids, _ in self.evals])
+        K, A = len(first._paramsEval.catIds), len(first._paramsEval.areaRng)
+        # each batch's evalImgs: category-major, then area range, then its image ids in order
+        per_image = np.concatenate([np.array(ev.evalImgs, dtype=object).reshape(K, A, len(batch_ids))
+                                    for batch_ids, ev in self.evals], axis=2)
+        order = np.argsort(ids, kind="stable")
+        ev = evaluator(self.gt, first.cocoDt, "bbox")
+        ev.params = copy.deepcopy(first._paramsEval)
+        ev.params.imgIds = list(np.unique(ids))
+        ev._paramsEval = copy.deepcopy(ev.params)
+        ev.evalImgs = per_image[:, :, order].reshape(-1).tolist()
+        return ev
 
 
 def score(coco: CocoSubset, detections: dict[int, torch.Tensor]) -> dict:
     """P and R (YOLOv7 style, at max mean F1), mAP@.5 and mAP@.5:.95 (pycocotools)."""
-    tps, confs, classes, target_cls = [], [], [], []
-    for image_id, det in detections.items():
-        gt_boxes, gt_cls = coco.targets[image_id]
-        tps.append(match_predictions(det, gt_boxes, gt_cls))
-        confs.append(det[:, 4].numpy())
-        classes.append(det[:, 5].numpy())
-        target_cls.append(gt_cls.numpy())
-    p, r = precision_recall_at_max_f1(*(np.concatenate(x) for x in (tps, confs, classes, target_cls)))
-    map50, map50_95 = _coco_map(coco, detections)
-    return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
+    scorer = Scorer(coco)
+    scorer.add(list(detections.items()))
+    return scorer.result()
 
 
 def evaluate(predict, coco: CocoSubset, **kwargs) -> dict:
     """Detect and score; adds ``images`` and ``seconds`` (wall time of both)."""
     t0 = time.perf_counter()
-    detections = detect(predict, coco, **kwargs)
+    scorer = Scorer(coco)
+    detections = detect_many({"": predict}, coco, scorers={"": scorer}, **kwargs)[0][""]
     skipped = len(coco.skipped)
     total = len(detections) + skipped
     if not detections or skipped > MAX_SKIPPED_FRACTION * total:
         raise DataNotFoundError(f"{coco.root}: {skipped} of {total} images skipped (unreadable or inconsistent; "
                                 f"at most {MAX_SKIPPED_FRACTION:.0%} may be); see the warnings above")
-    result = score(coco, detections)
+    result = scorer.result()
     result.update(images=len(detections), skipped=skipped, seconds=round(time.perf_counter() - t0, 2))
     return result
 
 
 def evaluate_many(predicts: dict[str, Callable], coco: CocoSubset, **kwargs) -> dict[str, dict]:
     """:func:`evaluate` of several models in one pass over the images (:func:`detect_many`); the same results
-    as separate evaluations. Each result's ``seconds`` is its own forward passes plus its scoring (the
-    shared decoding and NMS overlap them)."""
-    detections, forward_s = detect_many(predicts, coco, **kwargs)
+    as separate evaluations. Each result's ``seconds`` is its own forward passes plus its final scoring (the
+    shared decoding, the NMS and the per-image scoring overlap them)."""
+    scorers = {tag: Scorer(coco) for tag in predicts}
+    detections, forward_s = detect_many(predicts, coco, scorers=scorers, **kwargs)
     results = {}
     for tag, dets in detections.items():
         t0 = time.perf_counter()
-        result = score(coco, dets)
+        result = scorers[tag].result()
         result.update(images=len(dets), seconds=round(forward_s[tag] + time.perf_counter() - t0, 2))
         results[tag] = result
     return results
