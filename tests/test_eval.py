@@ -75,7 +75,7 @@ def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
 
 
 def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
-    """The Scorer's per-batch FastCOCOevals, merged, against one pycocotools COCOeval over all images (loadRes of
+    """The Scorer's per-batch COCOevals, merged, against one pycocotools COCOeval over all images (loadRes of
     every detection), on the real YOLOv5n's detections of 16 COCO images fed in batches of 5: every per-image
     evaluation (detection ids included), every accumulated array and every summary stat equal (==)."""
     import contextlib
@@ -85,7 +85,6 @@ def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
     from pycocotools.cocoeval import COCOeval
 
     from sw.eval.coco import Scorer, coco_records
-    from sw.eval.cocoeval import FastCOCOeval
 
     coco = load_coco(coco_root, limit=16)
     dets = detect(yolov5n, coco, img_size=320, stride=int(yolov5n.stride.max()), progress=False)
@@ -102,7 +101,7 @@ def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
     items = list(dets.items())
     for start in range(0, len(items), 5):
         scorer.add(items[start:start + 5])
-    merged = scorer.merged(FastCOCOeval)
+    merged = scorer.merged()
     with contextlib.redirect_stdout(io.StringIO()):
         merged.accumulate()
         merged.summarize()

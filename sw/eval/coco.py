@@ -286,7 +286,7 @@ class Scorer:
     fed batch by batch (:meth:`add`), so that the per-image work (P/R matching, pycocotools' per-image
     evaluation) runs as the batches arrive, beside the next forward passes (:func:`detect_many`).
 
-    Each batch is evaluated by its own :class:`~sw.eval.cocoeval.FastCOCOeval`, its detections numbered on
+    Each batch is evaluated by its own pycocotools ``COCOeval`` (unmodified), its detections numbered on
     from the batches before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges the
     per-image evaluations in the order ``accumulate`` expects (category, area range, image id) and
     accumulates once: the same evaluations, arrays and stats as one COCOeval over all the images (tested
@@ -297,7 +297,7 @@ class Scorer:
 
         self.coco = coco
         self.pr: list[tuple] = []   # per image: (TP flags, scores, classes, target classes)
-        self.evals: list = []       # per batch: (its image ids, sorted; its evaluated FastCOCOeval)
+        self.evals: list = []       # per batch: (its image ids, sorted; its evaluated COCOeval)
         self.records = 0
         with _quiet():
             self.gt = COCO()
@@ -307,8 +307,7 @@ class Scorer:
     def add(self, batch: list[tuple[int, torch.Tensor]]) -> None:
         """One batch's (image id, [n, 6] detections) pairs, each image once over all batches."""
         from pycocotools.coco import COCO
-
-        from .cocoeval import FastCOCOeval
+        from pycocotools.cocoeval import COCOeval
 
         for image_id, det in batch:
             gt_boxes, gt_cls = self.coco.targets[image_id]
@@ -324,28 +323,28 @@ class Scorer:
             dt.dataset = {"images": self.coco.gt["images"], "categories": self.coco.gt["categories"],
                           "annotations": records}
             dt.createIndex()
-            ev = FastCOCOeval(self.gt, dt, "bbox")
+            ev = COCOeval(self.gt, dt, "bbox")
             ev.params.imgIds = sorted(image_id for image_id, _ in batch)
             ev.evaluate()
         self.evals.append((ev.params.imgIds, ev))
 
     def result(self) -> dict:
-        from .cocoeval import FastCOCOeval
-
         if not self.pr:
             raise ValueError("no detections were added")
         p, r = precision_recall_at_max_f1(*(np.concatenate(x) for x in zip(*self.pr)))
         map50 = map50_95 = 0.0
         if self.records:
-            ev = self.merged(FastCOCOeval)
+            ev = self.merged()
             with _quiet():
                 ev.accumulate()
                 ev.summarize()
             map50, map50_95 = float(ev.stats[1]), float(ev.stats[0])
         return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
 
-    def merged(self, evaluator):
-        """An ``evaluator`` (COCOeval class) holding every batch's per-image evaluations, ready to accumulate."""
+    def merged(self):
+        """A pycocotools ``COCOeval`` holding every batch's per-image evaluations, ready to accumulate."""
+        from pycocotools.cocoeval import COCOeval
+
         first = self.evals[0][1]
         ids = np.concatenate([batch_ids for batch_ids, _ in self.evals])
         K, A = len(first._paramsEval.catIds), len(first._paramsEval.areaRng)
@@ -353,7 +352,7 @@ class Scorer:
         per_image = np.concatenate([np.array(ev.evalImgs, dtype=object).reshape(K, A, len(batch_ids))
                                     for batch_ids, ev in self.evals], axis=2)
         order = np.argsort(ids, kind="stable")
-        ev = evaluator(self.gt, first.cocoDt, "bbox")
+        ev = COCOeval(self.gt, first.cocoDt, "bbox")
         ev.params = copy.deepcopy(first._paramsEval)
         ev.params.imgIds = list(np.unique(ids))
         ev._paramsEval = copy.deepcopy(ev.params)
