@@ -66,3 +66,38 @@ def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
     qm = quantize_model(load_model(yolov7_generated_path).model, QuantSpec("pwlq", 4, "mix3"), progress=False)
     save_quantized(qm, path)
     return path
+
+
+# `make test` runs the suite on two xdist workers that each take the next test as they finish one (the Makefile's
+# --dist loadgroup). A minutes-long test that starts last leaves the other worker idle for its whole length, so
+# the longest tests go first, roughly longest first (as `pytest --durations` measured them), then the other slow
+# tests, then the fast ones, each in collection order; the short tests fill in at the end and the workers finish
+# together. A name here that no longer matches only loses its place in the queue.
+LONGEST_FIRST = (
+    "tests/test_hw_formal.py::test_result_path_of_a_16_lane_pwlq_pe_is_proven",
+    "tests/test_sim_featuremap.py::test_every_yolov7_layer_at_a_position_in_verilator",
+    "tests/test_sweep.py::test_ray_gives_the_same_results_csv_as_local",
+    "tests/test_sweep.py::test_kill_and_resume_gives_identical_results",
+    "tests/test_sim_featuremap.py::test_yolov5n_feature_maps_every_position_in_verilator",
+    "tests/test_sim_cosim.py::test_representative_subset",
+    "tests/test_hw_synth.py::test_layer_unit_places_and_routes",
+    "tests/test_sim_cosim.py::test_every_code_width_granularity_mix_and_pwlq_region",
+    "tests/test_eval.py::test_yolov5n_coco_subset_acceptance",
+    "tests/test_hw_synth.py::test_synthesis_only_targets",
+    "tests/test_sim_cosim.py::test_adversarial_corner_at_the_accumulator_bound_exact_width",
+    "tests/test_sim_cosim.py::test_real_layers_on_exact_width_pes",
+    "tests/test_hw_build.py::test_one_module_per_kind_of_layer",
+    "tests/test_pwlq_reference.py::test_yoloq_pwlq_is_no_worse_than_the_authors",
+    "tests/test_sweep.py::test_failed_config_is_recorded_and_rerun_recomputes_only_it",
+)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own grouping by fixture scope, which would undo the order
+def pytest_collection_modifyitems(config, items):
+    def place(item):
+        for rank, prefix in enumerate(LONGEST_FIRST):
+            if item.nodeid.startswith(prefix):
+                return rank
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=place)  # stable: collection order within each place

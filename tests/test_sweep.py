@@ -262,13 +262,25 @@ def test_failed_config_is_recorded_and_rerun_recomputes_only_it(yolov5n_path, co
     assert all((tmp_path / "runs" / f"{k}.json").stat().st_mtime_ns == t for k, t in finished_mtimes.items())
 
 
-@pytest.mark.slow
-def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    reference = tmp_path / "reference"
-    subprocess.run(_cli(*_sweep_args(yolov5n_path, coco_root, reference)), cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=300)
+# The uninterrupted local sweep that the resumed one and the Ray one must each reproduce byte for byte, run once
+# for both; `make test` runs the tests of one xdist group on one worker (--dist loadgroup), so it stays once.
+SWEEP_GROUP = pytest.mark.xdist_group("fig4_sweep")
 
+
+@pytest.fixture(scope="module")
+def fig4_reference(yolov5n_path, coco_root, tmp_path_factory) -> Path:
+    """``yoloq sweep --preset fig4 --bits 3-4`` on 2 images with 2 local workers, uninterrupted: five
+    configurations, enough for every plot of the report."""
+    reference = tmp_path_factory.mktemp("sweep") / "reference"
+    subprocess.run(_cli(*_sweep_args(yolov5n_path, coco_root, reference)), cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True, timeout=300)
+    return reference
+
+
+@pytest.mark.slow
+@SWEEP_GROUP
+def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_path, fig4_reference):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(_cli(*_sweep_args(yolov5n_path, coco_root, resumed)), cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -292,7 +304,7 @@ def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_pa
     assert done.returncode == 0, done.stderr
     assert f"{len(kept)} reused" in done.stdout
     assert {n: (runs / n).stat().st_mtime_ns for n in kept} == kept  # finished rows were not recomputed
-    assert (resumed / "results.csv").read_bytes() == (reference / "results.csv").read_bytes()
+    assert (resumed / "results.csv").read_bytes() == (fig4_reference / "results.csv").read_bytes()
 
     md = (resumed / "report.md").read_text()
     for png in ("fig4.png", "equal_storage.png", "pareto.png", "layer_sqnr.png"):
@@ -301,15 +313,15 @@ def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_pa
 
 
 @pytest.mark.slow
-def test_ray_gives_the_same_results_csv_as_local(yolov5n_path, coco_root, tmp_path, restore_threads):
+@SWEEP_GROUP
+def test_ray_gives_the_same_results_csv_as_local(yolov5n_path, coco_root, tmp_path, restore_threads, fig4_reference):
     assert importlib.util.find_spec("ray"), "Ray is in the test extra: pip install -e '.[test]'"  # fail, never skip
 
-    configs = [BASELINE, Config("affine", 4, "filter"), Config("pwlq", 4, "filter")]  # quick to quantize
-    common = dict(eval_kwargs=EVAL, limit=2, workers=2, progress=False)
-    local = run_study(configs, yolov5n_path, coco_root, tmp_path / "local", executor="local", **common)
-    remote = run_study(configs, yolov5n_path, coco_root, tmp_path / "ray", executor="ray", **common)
-    assert not local.failed and not remote.failed
-    assert (tmp_path / "ray" / "results.csv").read_bytes() == (tmp_path / "local" / "results.csv").read_bytes()
+    # the same configurations, images, evaluation settings and worker count as the local reference sweep
+    remote = run_study(plan("fig4", "3-4"), yolov5n_path, coco_root, tmp_path / "ray", executor="ray",
+                       eval_kwargs=EVAL, limit=2, workers=2, progress=False)
+    assert not remote.failed and remote.computed == 5
+    assert (tmp_path / "ray" / "results.csv").read_bytes() == (fig4_reference / "results.csv").read_bytes()
     threads = {json.loads(p.read_text())["threads"] for p in (tmp_path / "ray" / "runs").glob("*.json")}
     assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
