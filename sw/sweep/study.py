@@ -45,11 +45,12 @@ def sweep_settings(weights: Path, coco, eval_kwargs: dict, limit: int | None, th
 def eval_settings(eval_kwargs: dict | None) -> dict:
     """The evaluation keywords in full (defaults of :func:`sw.eval.coco.detect_many` filled in), so that a sweep
     given the defaults explicitly and one given nothing are recognised as the same sweep. Keywords that do
-    not change results (``pipeline``, progress display) are not settings."""
+    not change results (``pipeline``, progress display, the per-batch ``scorers`` evaluate passes) are not
+    settings."""
     from ..eval.coco import detect_many
 
     defaults = {name: p.default for name, p in inspect.signature(detect_many).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and name not in ("stride", "progress", "desc", "pipeline")}
+                if p.kind is p.KEYWORD_ONLY and name not in ("stride", "progress", "desc", "pipeline", "scorers")}
     return {**defaults, **(eval_kwargs or {})}
 
 
