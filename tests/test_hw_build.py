@@ -119,5 +119,7 @@ def test_cli_builds_one_layer_and_refuses_bad_input(qm7, yolov7_pwlq_mix3, tmp_p
     assert main(["hw", "build", "--quantized", str(yolov7_pwlq_mix3), "--layer", "model.999.conv",
                  "-o", str(tmp_path)]) == 2
     assert "no layer 'model.999.conv'" in capsys.readouterr().err
-    assert main(["hw", "build", "--quantized", str(yolov7_pwlq_mix3), "--layer", "model.0.conv",
-                 "--lanes", "0", "-o", str(tmp_path)]) == 2
+    with pytest.raises(SystemExit) as e:  # a usage error naming the flag, before anything is read
+        main(["hw", "build", "--quantized", str(yolov7_pwlq_mix3), "--layer", "model.0.conv",
+              "--lanes", "0", "-o", str(tmp_path)])
+    assert e.value.code == 2 and "argument --lanes: must be from 1 to 256" in capsys.readouterr().err
