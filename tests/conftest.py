@@ -101,3 +101,14 @@ def pytest_collection_modifyitems(config, items):
         return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
 
     items.sort(key=place)  # stable: collection order within each place
+
+
+@pytest.fixture
+def pwlq_kernel_built():
+    """For tests of the compiled PWLQ kernel: skipped where no C compiler exists (the torch path is then the
+    only one, and its own tests run); where one exists, a kernel that did not build is a failure, not a skip."""
+    from sw.quant import pwlq_kernel
+
+    if pwlq_kernel.compiler() is None:
+        pytest.skip("no C compiler: the torch path is the only one")
+    assert pwlq_kernel.available(), f"the PWLQ kernel did not build with {pwlq_kernel.compiler()}"

@@ -13,7 +13,7 @@ from sw.models import to_deploy
 from sw.quant import pwlq, pwlq_kernel
 from sw.quant.granularity import SINGLE, from_groups, group_strides, to_groups
 
-pytestmark = pytest.mark.skipif(not pwlq_kernel.available(), reason="no C compiler: the torch path is the only one")
+pytestmark = pytest.mark.usefixtures("pwlq_kernel_built")  # tests/conftest.py
 
 # a 6x6 stem, 3x3 and 1x1 convs of every width, the Detect head
 LAYERS = ("model.0.conv", "model.1.conv", "model.2.cv1.conv", "model.2.m.0.cv2.conv", "model.8.cv3.conv",

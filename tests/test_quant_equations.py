@@ -181,11 +181,9 @@ def test_one_by_one_conv_channel_groups_are_single_weights():
 
 @pytest.mark.parametrize("members", [1, 9, 15, 16, 1152, 5000])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_pwlq_kernel_scores_equal_the_torch_scorer(members, bits):
+def test_pwlq_kernel_scores_equal_the_torch_scorer(members, bits, pwlq_kernel_built):
     """The compiled scorer (rows vectorised along members, or along candidates below 16) computes
     squared_error's per-member errors; only the order of summation differs."""
-    if not pwlq_kernel.available():
-        pytest.skip("no C compiler: the torch scorer is the only one")
     torch.manual_seed(members + bits)
     w = torch.randn(37, members) * torch.rand(37, 1)
     absw, m = w.abs(), w.abs().amax(1, keepdim=True)
@@ -211,11 +209,9 @@ def test_pwlq_search_without_the_kernel_finds_the_same_breakpoints():
 
 
 @pytest.mark.parametrize("bits", range(2, 9))
-def test_pwlq_kernel_rounds_and_dequantizes_as_torch(bits):
+def test_pwlq_kernel_rounds_and_dequantizes_as_torch(bits, pwlq_kernel_built):
     """The fused kernel's codes, region bits and float32 weights equal the torch functions' exactly, ties,
     zeros, +-p and +-m included."""
-    if not pwlq_kernel.available():
-        pytest.skip("no C compiler: the torch functions are the only ones")
     torch.manual_seed(bits)
     w = torch.randn(40, 300) * torch.rand(40, 1)
     m = w.abs().amax(1, keepdim=True)

@@ -369,20 +369,25 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yoloq"
 
 
+def compiler() -> str | None:
+    """The C compiler the kernel is built with (``$CC``, else ``cc``), or None where there is none."""
+    return shutil.which(os.environ.get("CC", "cc"))
+
+
 def _build() -> ctypes.CDLL | None:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
-    if compiler is None:
+    compiler_path = compiler()
+    if compiler_path is None:
         return None
-    key = hashlib.sha256("\0".join([SOURCE, compiler, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
+    key = hashlib.sha256("\0".join([SOURCE, compiler_path, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
     target = _cache_dir() / f"pwlq_kernel-{key[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             src, lib = Path(tmp) / "pwlq_kernel.c", Path(tmp) / "pwlq_kernel.so"
             src.write_text(SOURCE)
-            done = subprocess.run([compiler, *FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True)
+            done = subprocess.run([compiler_path, *FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True)
             if done.returncode != 0:
-                print(f"yoloq: building the PWLQ search kernel failed ({compiler}); using the slower torch scorer\n"
+                print(f"yoloq: building the PWLQ search kernel failed ({compiler_path}); using the slower torch scorer\n"
                       f"{done.stderr.strip()}", file=sys.stderr)
                 return None
             os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
