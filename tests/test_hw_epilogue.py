@@ -16,6 +16,8 @@ from hw.epilogue import Epilogue, EpilogueConfig
 from sim.faults import EPILOGUE_FAULTS
 from sw.intref.epilogue import EpilogueFormat, LayerEpilogue
 
+from amaranth_bench import cycles_until
+
 
 def random_epilogue(fmt: EpilogueFormat, channels: int, seed: int) -> LayerEpilogue:
     """Random parameters over their whole fields (channel 0 and 1 at the format's corners) and a random table."""
@@ -177,11 +179,7 @@ def test_latency_matches_config():
         ctx.set(epi.accumulators.valid, 1)
         await ctx.tick().until(epi.accumulators.ready)  # (ready is a register: low for a cycle after reset)
         ctx.set(epi.accumulators.valid, 0)
-        for cycle in range(1, 60):
-            if ctx.get(epi.codes.valid):
-                seen["latency"] = cycle
-                return
-            await ctx.tick()
+        seen["latency"] = await cycles_until(ctx, epi.codes.valid, 60)
 
     sim.add_testbench(bench)
     sim.run()

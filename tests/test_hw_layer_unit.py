@@ -19,6 +19,8 @@ from sw.intref.epilogue import derive_epilogue
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
 from sw.quant.quantizer import quantize_tensor
 
+from amaranth_bench import cycles_until
+
 
 def layer(method="pwlq", gran="cshape", shape=(6, 5, 3, 3), seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -120,11 +122,7 @@ def test_layer_unit_latency_matches_config():
             ctx.set(unit.elements.valid, 1)
             await ctx.tick()
         ctx.set(unit.elements.valid, 0)
-        for cycle in range(1, 100):
-            if ctx.get(unit.outputs.valid):
-                seen["latency"] = cycle
-                return
-            await ctx.tick()
+        seen["latency"] = await cycles_until(ctx, unit.outputs.valid, 100)
 
     sim.add_testbench(bench)
     sim.run()

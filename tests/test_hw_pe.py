@@ -18,6 +18,8 @@ from sw.intref.contract import LayerContract
 from sw.intref.stream import StreamLayout, im2col, pe_accumulate
 from sw.quant.quantizer import quantize_tensor
 
+from amaranth_bench import cycles_until
+
 
 def _layer(method, gran, bits=4, shape=(3, 5, 3, 3), act_bits=8, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -176,11 +178,7 @@ def test_pe_latency_matches_config():
             ctx.set(pe.elements.valid, 1)
             await ctx.tick()
         ctx.set(pe.elements.valid, 0)
-        for cycle in range(1, 40):
-            if ctx.get(pe.results.valid):
-                seen["latency"] = cycle
-                return
-            await ctx.tick()
+        seen["latency"] = await cycles_until(ctx, pe.results.valid, 40)
 
     sim.add_testbench(bench)
     sim.run()
