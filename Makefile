@@ -2,7 +2,7 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
-APT_PKGS   := iverilog
+APT_PKGS   := iverilog ccache
 YOLOQ_DATA ?= $(abspath ../shared/data)
 export YOLOQ_DATA
 

@@ -19,7 +19,7 @@ from hw.config import PEConfig
 from sim.capture import conv_input, image_paths, layer_case, receptive_fields, sample_positions
 from sim.cosim import Options, cosimulate, plan_builds
 from sim.faults import FAULTS
-from sim.runner import SimulatorError, check_simulator
+from sim.runner import SimulatorError, build_environment, check_simulator
 from sim.stimulus import LayerCase, reference_accumulators
 from sim.tb_pe import format_mismatch
 from sw.cli import main
@@ -124,6 +124,23 @@ def test_waves_record_a_trace(tmp_path):
     _assert_exact(result, cases)
     trace = tmp_path / "waves" / "build0.fst"
     assert result.builds[0]["waves"] == str(trace) and trace.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("ccache, user, expected", [(True, None, "ccache"), (False, None, None), (True, "", "")])
+def test_verilator_builds_use_ccache_when_present(tmp_path, monkeypatch, ccache, user, expected):
+    """verilated.mk's OBJCACHE hook gets ccache when it is on PATH (the runtime files every build compiles are
+    then compiled once); a value the user set, even empty (off), is kept; without ccache it stays unset."""
+    if ccache:
+        (tmp_path / "ccache").write_text("#!/bin/sh\nexec \"$@\"\n")
+        (tmp_path / "ccache").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin" if ccache else "/nonexistent")
+    if user is None:
+        monkeypatch.delenv("OBJCACHE", raising=False)
+    else:
+        monkeypatch.setenv("OBJCACHE", user)
+    env = build_environment("verilator")
+    assert env.get("OBJCACHE") == expected
+    assert "OBJCACHE" not in build_environment("icarus") or user is not None
 
 
 def test_capture_windows_are_im2col_rows():
