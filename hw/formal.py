@@ -15,6 +15,10 @@ every reset point is covered:
   written values are a count of writes, so the n-th result out must be n: no result is lost, duplicated or
   reordered; the level is writes minus reads; and the output keeps the stream rules (valid is held until
   ready, the payload is stable while waiting). The PE's ``results`` port is this output.
+  The order is checked through one watched slot, chosen by the solver (``AnyConst``) and fixed for the
+  whole trace: the queue cannot depend on the choice, so a proof for an arbitrary slot holds for all of them
+  (every result leaves through some slot), and the induction needs an invariant over that one slot's
+  contents instead of all ``depth`` of them (at the 16-lane PE's depth of 28: 2-3 CPU s instead of 96-117).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth import Assert, Assume, Module, Mux, Signal
+from amaranth.asserts import AnyConst
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In
@@ -88,9 +93,13 @@ class QueueHarness(wiring.Component):
         """What CreditHarness proves of the PE: no result arrives while the queue is full."""
         return dut.level < self.depth
 
+    def queue(self) -> ResultQueue:
+        """The queue under proof: the one the PE instantiates."""
+        return ResultQueue(self.width, self.depth)
+
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dut = dut = ResultQueue(self.width, self.depth)
+        m.submodules.dut = dut = self.queue()
         counter = self.depth.bit_length() + 2
         writes, reads = Signal(counter), Signal(counter)
         taken = dut.output.valid & dut.output.ready
@@ -104,25 +113,29 @@ class QueueHarness(wiring.Component):
         m.d.comb += expected.eq(reads)
         waiting, held = Signal(), Signal.like(dut.output.payload)
         m.d.sync += [waiting.eq(dut.output.valid & ~dut.output.ready), held.eq(dut.output.payload)]
-        # invariants that make the properties inductive: the pointers span the level, and each queued slot
-        # holds the number of its result (slot read_ptr + i holds result reads + i)
+        # invariants that make the properties inductive: the pointers span the level, and the watched slot
+        # holds the number of its result while it is queued (slot read_ptr + i holds result reads + i)
         d = self.depth
         span = Signal(range(d))
         m.d.comb += span.eq(Mux(dut.write_ptr >= dut.read_ptr, dut.write_ptr - dut.read_ptr,
                                 dut.write_ptr + d - dut.read_ptr))
         m.d.comb += [Assert((dut.write_ptr < d) & (dut.read_ptr < d), "pointers in range"),
                      Assert(span == Mux(dut.level == d, 0, dut.level), "the pointers span the level")]
-        for slot in range(d):
-            port = dut.storage.read_port(domain="comb")
-            offset, want = Signal(range(d), name=f"offset_{slot}"), Signal.like(dut.output.payload, name=f"want_{slot}")
-            m.d.comb += [port.addr.eq(slot),
-                         offset.eq(Mux(slot >= dut.read_ptr, slot - dut.read_ptr, slot + d - dut.read_ptr)),
-                         want.eq((reads + offset)[:counter]),  # as written: a count of writes
-                         Assert((offset >= dut.level) | (port.data == want), f"slot {slot} holds its result")]
+        # one slot, any slot: the solver picks it and it never changes; nothing in the queue or the harness
+        # depends on it, so what is proven for an arbitrary slot holds for each (module docstring)
+        watched = Signal(range(d))
+        m.d.comb += [watched.eq(AnyConst(range(d))), Assume(watched < d)]
+        port = dut.storage.read_port(domain="comb")
+        offset, want = Signal(range(d)), Signal.like(dut.output.payload)
+        m.d.comb += [port.addr.eq(watched),
+                     offset.eq(Mux(watched >= dut.read_ptr, watched - dut.read_ptr, watched + d - dut.read_ptr)),
+                     want.eq((reads + offset)[:counter]),  # as written: a count of writes
+                     Assert((offset >= dut.level) | (port.data == want), "the watched slot holds its result")]
+        order_checked = dut.read_ptr == watched  # the result leaving is in the watched slot
         m.d.comb += [
             Assert(dut.level == (writes - reads)[:counter], "level is writes minus reads"),
             Assert(dut.output.valid == (dut.level != 0), "a queued result is offered"),
-            Assert(~taken | (dut.output.payload == expected), "results leave in order, once each"),
+            Assert(~taken | ~order_checked | (dut.output.payload == expected), "results leave in order, once each"),
             Assert(~waiting | dut.output.valid, "valid is held until ready"),
             Assert(~waiting | (dut.output.payload == held), "the payload is stable while waiting"),
         ]

@@ -74,7 +74,6 @@ def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
 # tests, then the fast ones, each in collection order; the short tests fill in at the end and the workers finish
 # together. A name here that no longer matches only loses its place in the queue.
 LONGEST_FIRST = (
-    "tests/test_hw_formal.py::test_result_path_of_a_16_lane_pwlq_pe_is_proven",
     "tests/test_sim_featuremap.py::test_every_yolov7_layer_at_a_position_in_verilator",
     "tests/test_sweep.py::test_ray_gives_the_same_results_csv_as_local",
     "tests/test_sweep.py::test_kill_and_resume_gives_identical_results",

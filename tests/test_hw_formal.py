@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from amaranth import Mux
+
 from hw.config import PEConfig
 from hw.formal import CreditHarness, QueueHarness, prove, prove_result_path
+from hw.result_queue import ResultQueue
 from sw.intref.contract import ContractFormat
 
 
@@ -34,8 +37,27 @@ class _NoCredits(QueueHarness):
         return 1
 
 
+class _ReadsAheadQueue(ResultQueue):
+    """A queue that offers the slot after the oldest: results leave out of order."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        ahead = self.storage.read_port(domain="comb")
+        m.d.comb += [ahead.addr.eq(Mux(self.read_ptr == self.depth - 1, 0, self.read_ptr + 1)),
+                     self.output.payload.eq(ahead.data)]  # the later assignment wins
+        return m
+
+
+class _Reordering(QueueHarness):
+    """The order is checked through one watched slot (any slot): a reordering queue must still fail."""
+
+    def queue(self):
+        return _ReadsAheadQueue(self.width, self.depth)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("harness", [_DuplicatingPipeline(8, 4, 3), _NoCredits(8, 4)], ids=["credits", "queue"])
+@pytest.mark.parametrize("harness", [_DuplicatingPipeline(8, 4, 3), _NoCredits(8, 4), _Reordering(8, 4)],
+                         ids=["credits", "queue", "queue order"])
 def test_the_proofs_catch_a_broken_result_path(harness, tmp_path):
     result = prove(harness, "broken", "prove", 4, tmp_path)
     assert not result.passed and "Assert failed" in result.log
