@@ -81,6 +81,7 @@ def test_hw_output_equals_recombination_scale_and_bias(fused_built, digits, k):
         want = torch.mul(v, torch.tensor([scale], dtype=torch.float64), out=torch.empty(v.shape))
         assert torch.equal(fused.hw_output(convs, k, scale, None), want)
         assert torch.equal(fused.hw_output(convs, k, scale, bias), want + bias.view(1, -1, 1, 1))
+    assert fused.hw_output(convs, k, 0.37, bias.double()) is None  # torch's sum would be float64: its path
 
 
 @pytest.mark.parametrize("digits,k", [(1, 0), (2, 13), (3, 14)])

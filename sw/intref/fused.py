@@ -171,12 +171,13 @@ def _usable(convs: list[torch.Tensor]):
 
 def hw_output(convs: list[torch.Tensor], k: int, scale: float, bias: torch.Tensor | None) -> torch.Tensor | None:
     """``float32(V * scale) + bias`` of the digit convs ``convs`` (float32 [n, o, h, w], ``V = sum_j c_j
-    2^(k j)`` exact in float64); None without the kernel."""
+    2^(k j)`` exact in float64); None without the kernel, or for a bias other than float32 (torch's sum would
+    then be of its dtype)."""
     library = _usable(convs)
-    if library is None:
+    if library is None or (bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu")):
         return None
     args, convs, channels, plane = _digit_args(convs, k)
-    b = None if bias is None else bias.detach().float().contiguous()
+    b = None if bias is None else bias.detach().contiguous()
     out = torch.empty(convs[0].shape, dtype=torch.float32)
     rows = out.numel() // max(plane, 1)
     pwlq_kernel._run(library.fused_hw_output, (*args, float(scale), 0 if b is None else b.data_ptr(),
