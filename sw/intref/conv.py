@@ -11,7 +11,10 @@ float32, 53: float64), so when ``max_c ||W_c||_1 * a < 2^p`` every intermediate 
 Where one conv does not fit, :class:`ExactConv` splits the weights into base-``2^k`` digits
 ``W = sum_j D_j 2^(k j)`` (balanced: every digit but the last in ``[-2^(k-1), 2^(k-1))``) such that each
 digit's conv fits, and recombines ``sum_j conv(x, D_j) 2^(k j)``: in float64 when the same L1 argument bounds
-the recombined sum below 2^53, otherwise in int64. float32 convs (oneDNN, 4-20x faster than torch's float64
+the recombined sum below 2^53, otherwise in int64. In float64 any order of that sum is exact: each term
+``c_j 2^(k j)`` is an integer times a power of two, and every partial sum is bounded by the same
+``sum_j ||D_j||_1 2^(k j) a``; so :mod:`sw.intref.fused` may recombine :meth:`ExactConv.float32_digits` in
+one pass with the epilogue. float32 convs (oneDNN, 4-20x faster than torch's float64
 conv on CPU) are used when at most :data:`MAX_FLOAT32_DIGITS` digits fit the float32 bound, the input is on
 the CPU and float32 convs there compute in IEEE single precision (:func:`float32_conv_is_ieee`); otherwise
 float64 digits. PyTorch runs CPU float32 convs as oneDNN's direct convolution or as im2col and a matrix
@@ -104,19 +107,23 @@ class ExactConv:
     def exact_double(self) -> bool:
         return self.plan.exact_double
 
+    def float32_digits(self, x: torch.Tensor, stride: int = 1,
+                       padding: int = 0) -> tuple[list[torch.Tensor], int] | None:
+        """(the float32 digit convs ``c_j``, ``k``) when the plan for ``x`` is float32 with :attr:`exact_double`:
+        every ``c_j`` exact and ``sum_j c_j 2^(k j)`` exact in float64 in any order (:mod:`sw.intref.fused`
+        recombines them); else None."""
+        plan = self._plan_for(x)
+        if plan.dtype != torch.float32 or not plan.exact_double:
+            return None
+        return plan.convs(x, stride, padding), plan.k
+
     def values(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
         """The conv, exact, as an integer-valued float tensor: float32 when one float32 conv is the whole
         plan (no conversion), else float64. Only for plans with :attr:`exact_double`."""
         plan = self._plan_for(x)
         if not plan.exact_double:
             raise ValueError("the conv's recombined sum may exceed 2^53; use int64()")
-        convs = plan.convs(x, stride, padding)
-        if len(convs) == 1:
-            return convs[0]
-        out = convs[0].double()
-        for j, c in enumerate(convs[1:], 1):
-            out.add_(c.double(), alpha=float(1 << (plan.k * j)))  # exact: 2^(kj) times an exact integer
-        return out
+        return recombine(plan.convs(x, stride, padding), plan.k)
 
     def double(self, x: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
         """The conv as float64: exact (every output an integer below 2^53) when the plan's recombined bound
@@ -135,6 +142,17 @@ class ExactConv:
         for j, c in enumerate(convs[1:], 1):
             out += c.to(torch.int64) << (plan.k * j)
         return out
+
+
+def recombine(convs: list[torch.Tensor], k: int) -> torch.Tensor:
+    """``sum_j convs[j] 2^(k j)`` of a plan's digit convs: the one conv itself, else float64 (exact when the
+    plan has ``exact_double``)."""
+    if len(convs) == 1:
+        return convs[0]
+    out = convs[0].double()
+    for j, c in enumerate(convs[1:], 1):
+        out.add_(c.double(), alpha=float(1 << (k * j)))  # exact: 2^(kj) times an exact integer
+    return out
 
 
 @dataclass(frozen=True)

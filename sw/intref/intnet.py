@@ -34,9 +34,11 @@ from torch import nn
 
 from ..errors import QuantizationError
 from ..quant.model import QuantizedModel
+from . import fused
 from .calibrate import TensorCalibration
 from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS, ActQuant, LayerContract
 from .epilogue import DEFAULT_MULTIPLIER_BITS, FloatEpilogue, LayerEpilogue, derive_epilogue, epilogue_offsets
+from .conv import recombine
 from .graph import INPUT, AddNode, ConcatNode, ConvNode, Graph
 from .network import IntegerConv2d, layer_contracts
 from .residual import ResidualAdd
@@ -106,13 +108,23 @@ class IntLayer:
         centred codes ``x - z_a`` (float32, exact: |x - z_a| < 2^A) is ``acc - z_a sum(W)``, exact
         (:class:`~sw.intref.conv.ExactConv`); the epilogue takes it in float64 (:class:`FloatEpilogue`); a
         head adds ``K_c + z_a sum(W)`` (integers: the sum is the int64 one's, rounded to float64 as
-        :meth:`HeadDequant.values` rounds it) and scales. Layers whose bounds do not allow it take the int64
-        path."""
+        :meth:`HeadDequant.values` rounds it) and scales; where the conv is float32 digits, recombining them and
+        the epilogue or the head's dequantization are one compiled pass (:mod:`sw.intref.fused`, the same
+        arithmetic). Layers whose bounds do not allow it take the int64 path."""
         if self.float_island:
             return self.run_float_island(codes)
         pe = self.pe
         if pe.conv.exact_double and (self.head_offset is not None or self.fast is not None):
-            values = pe.conv.values(codes - pe.act.zero_point, pe.stride, pe.padding)
+            centred = codes - pe.act.zero_point
+            digits = pe.conv.float32_digits(centred, pe.stride, pe.padding)
+            if digits is None:
+                values = pe.conv.values(centred, pe.stride, pe.padding)
+            else:  # recombination and epilogue in one pass, the same arithmetic as below
+                out = fused.head_output(*digits, self.head_offset, self.head.scale) if self.head_offset is not None \
+                    else fused.codes_output(*digits, self.fast)
+                if out is not None:
+                    return out
+                values = recombine(*digits)
             if self.head_offset is not None:
                 return (values + self.head_offset) * self.head.scale.view(1, -1, 1, 1)
             return self.fast.apply(values)

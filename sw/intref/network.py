@@ -17,8 +17,9 @@ from torch import nn
 
 from ..quant.model import QuantizedModel
 
+from . import fused
 from .contract import DEFAULT_ACT_BITS, DEFAULT_SCALE_BITS, ActQuant, LayerContract
-from .conv import ExactConv
+from .conv import ExactConv, recombine
 
 
 class IntegerConv2d(nn.Module):
@@ -66,19 +67,38 @@ class IntegerConv2d(nn.Module):
         are quantized straight to ``x - z_a``: ``clamp(round(x / s_a), qmin - z_a, qmax - z_a)`` is
         ``clamp(round(x / s_a) + z_a, qmin, qmax) - z_a`` (integers; adding z_a commutes with the clamp), and
         the division is float64's (a float64 operand of one element takes part in type promotion)."""
+        return self._centred_values(self._quantize_centred(x))
+
+    def _quantize_centred(self, x: torch.Tensor) -> torch.Tensor:
+        """The centred codes ``x - z_a`` of float input ``x`` (see :meth:`centred`): float32 in one fused pass
+        (:func:`sw.intref.fused.quantize_centred`, the same arithmetic) where the kernel runs, else float64."""
         lo, hi = self.contract.fmt.act_range
         z = self.act.zero_point
-        x_centred = torch.div(x, self.act_scale).round_().clamp_(lo - z, hi - z)
+        codes = fused.quantize_centred(x, self.act.scale, lo - z, hi - z)
+        return torch.div(x, self.act_scale).round_().clamp_(lo - z, hi - z) if codes is None else codes
+
+    def _centred_values(self, x_centred: torch.Tensor) -> torch.Tensor:
         if not self.conv.exact_double:
             return self.conv.int64(x_centred, self.stride, self.padding).double()
         return self.conv.values(x_centred, self.stride, self.padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's float32 output: the centred conv ``* 2^-E s_a`` in float64, rounded to float32, plus the
+        bias. Where the conv is float32 digits, quantizing the input and recombining the digits with the scale
+        and bias are each one compiled pass (:mod:`sw.intref.fused`, the same arithmetic)."""
         if self.keep_acc:  # the accumulators themselves, as the PE computes them
             self.last_acc = self.accumulate(x)
             centred = (self.last_acc - self.zero_point_term.view(1, -1, 1, 1)).double()
         else:
-            centred = self.centred(x)
+            x_centred = self._quantize_centred(x)
+            digits = self.conv.float32_digits(x_centred, self.stride, self.padding)
+            if digits is None:
+                centred = self._centred_values(x_centred)
+            else:  # recombination, scale and bias in one pass, the same arithmetic as below
+                y = fused.hw_output(*digits, self.out_scale, self.bias)
+                if y is not None:
+                    return y
+                centred = recombine(*digits)
         # (centred * 2^-E s_a) in float64, rounded to float32 on the way out: out= casts the float64 result
         y = torch.mul(centred, self.out_scale_t, out=torch.empty(centred.shape, dtype=torch.float32))
         return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
