@@ -16,12 +16,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,30 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+_FIRST_BUILD = threading.Lock()
+_runtime_cached = False
+
+
+@contextlib.contextmanager
+def _first_build(sim: str, env: dict[str, str]):
+    """With ccache, this process's first Verilator build runs alone: it puts Verilator's runtime objects into
+    the cache, which builds started beside it (co-simulation's parallel builds, the demo's two co-simulation
+    steps) would otherwise each compile again, missing a cache that is still empty. Later builds run in
+    parallel."""
+    global _runtime_cached
+    first = False
+    if sim == "verilator" and env.get("OBJCACHE") and not _runtime_cached:
+        with _FIRST_BUILD:
+            first = not _runtime_cached
+            if first:
+                try:
+                    yield
+                finally:
+                    _runtime_cached = True
+    if not first:
+        yield
+
+
 def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: tuple[str, ...] = (),
           parameters: dict | None = None, defines: dict | None = None, waves: bool = False) -> Path:
     """Compile ``sources`` (file name -> Verilog text; the top is ``yoloq_cosim_tb``); returns the build folder.
@@ -171,8 +197,10 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
     log = tmp / "build.log"
     spec = {"sim": sim, "sources": [str(f) for f in files], "build_dir": str(tmp), "build_args": args,
             "parameters": parameters, "defines": defines, "waves": waves and sim != "icarus", "log": str(log)}
-    done = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], env=build_environment(sim),
-                          capture_output=True, text=True)
+    env = build_environment(sim)
+    with _first_build(sim, env):
+        done = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], env=env, capture_output=True,
+                              text=True)
     if done.returncode != 0:
         raise SimulatorError(f"{sim} build failed (exit {done.returncode}); {log}:\n{_tail(log)}\n"
                              f"{done.stderr[-2000:]}")

@@ -143,6 +143,53 @@ def test_verilator_builds_use_ccache_when_present(tmp_path, monkeypatch, ccache,
     assert "OBJCACHE" not in build_environment("icarus") or user is not None
 
 
+def test_first_verilator_build_runs_alone_then_builds_run_in_parallel(monkeypatch):
+    """With ccache, the first build fills the cache with Verilator's runtime objects before any other starts
+    (sim.runner._first_build); after it, builds overlap (two threads meet at a barrier inside)."""
+    import threading
+
+    from sim import runner
+
+    monkeypatch.setattr(runner, "_runtime_cached", False)
+    env = {"OBJCACHE": "ccache"}
+    events, inside, release = [], threading.Event(), threading.Event()
+
+    def first():
+        with runner._first_build("verilator", env):
+            inside.set()
+            release.wait(10)
+            events.append("first done")
+
+    def second():
+        inside.wait(10)
+        with runner._first_build("verilator", env):
+            events.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    inside.wait(10)
+    threads[1].join(0.3)  # it must still be waiting for the first build
+    events.append("released")
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert events == ["released", "first done", "second in"]
+
+    barrier = threading.Barrier(2, timeout=10)  # broken (an error) unless both are inside at once
+
+    def later():
+        with runner._first_build("verilator", env):
+            barrier.wait()
+
+    pair = [threading.Thread(target=later) for _ in range(2)]
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join(15)
+    assert not barrier.broken
+
+
 def test_capture_windows_are_im2col_rows():
     c = _contract("affine", "cshape", shape=(3, 4, 3, 3))
     conv = torch.nn.Conv2d(4, 3, 3, stride=2, padding=1, bias=False)
