@@ -108,7 +108,6 @@ LONGEST_FIRST = (
     "tests/test_sim_cosim.py::test_adversarial_corner_at_the_accumulator_bound_exact_width",
     "tests/test_sim_cosim.py::test_real_layers_on_exact_width_pes",
     "tests/test_hw_build.py::test_one_module_per_kind_of_layer",
-    "tests/test_pwlq_reference.py::test_yoloq_pwlq_is_no_worse_than_the_authors",
     "tests/test_sweep.py::test_failed_config_is_recorded_and_rerun_recomputes_only_it",
 )
 

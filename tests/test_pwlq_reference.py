@@ -96,7 +96,6 @@ def layers(yolov5n):
     return {name: convs[name].weight.detach().float() for name in LAYERS}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bits", [3, 4, 6])
 @pytest.mark.parametrize("mode", ["search", "approx"])
 def test_yoloq_pwlq_is_no_worse_than_the_authors(layers, bits, mode):
