@@ -42,30 +42,51 @@ def yolov5n(yolov5n_path):
     return load_model(yolov5n_path).model
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(path)`` run once per test run, not once per xdist worker: the file ``name`` in the folder the
+    workers' temporary folders share, made by the first worker that asks for it, under a file lock that the
+    others wait on and then read the file (pytest-xdist's recipe). ``make`` writes atomically (sw.atomic), so a
+    worker that failed halfway leaves no file for the others to take."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-USER/pytest-N: one per run, shared by its workers
+    path = root / name
+    with FileLock(f"{path}.lock"):
+        if not path.exists():
+            make(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def yolov7_generated_path(tmp_path_factory) -> Path:
     """An official-format yolov7.pt (training form, as released) with generated weights."""
-    from sw.checkpoint.official import generate_weights, write_official_checkpoint
-    from sw.eval.coco_classes import NAMES
-    from sw.models import YoloModel, builtin_config
 
-    path = tmp_path_factory.mktemp("ckpt") / "yolov7-generated.pt"
-    model = generate_weights(YoloModel(builtin_config("yolov7-training"), names=NAMES), seed=0)
-    write_official_checkpoint(model, path)
-    return path
+    def make(path):
+        from sw.checkpoint.official import generate_weights, write_official_checkpoint
+        from sw.eval.coco_classes import NAMES
+        from sw.models import YoloModel, builtin_config
+
+        model = generate_weights(YoloModel(builtin_config("yolov7-training"), names=NAMES), seed=0)
+        write_official_checkpoint(model, path)
+
+    return made_once(tmp_path_factory, "yolov7-generated.pt", make)
 
 
 @pytest.fixture(scope="session")
 def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
     """4-bit PWLQ mix3 quantized artifact of the generated YOLOv7 (real YOLOv7 layer shapes)."""
-    from sw.checkpoint import load_model
-    from sw.checkpoint.artifact import save_quantized
-    from sw.quant.model import QuantSpec, quantize_model
 
-    path = tmp_path_factory.mktemp("q7") / "yolov7-pwlq4-mix3.yqa"
-    qm = quantize_model(load_model(yolov7_generated_path).model, QuantSpec("pwlq", 4, "mix3"), progress=False)
-    save_quantized(qm, path)
-    return path
+    def make(path):
+        from sw.checkpoint import load_model
+        from sw.checkpoint.artifact import save_quantized
+        from sw.quant.model import QuantSpec, quantize_model
+
+        qm = quantize_model(load_model(yolov7_generated_path).model, QuantSpec("pwlq", 4, "mix3"), progress=False)
+        save_quantized(qm, path)
+
+    return made_once(tmp_path_factory, "yolov7-pwlq4-mix3.yqa", make)
 
 
 # `make test` runs the suite on two xdist workers that each take the next test as they finish one (the Makefile's
@@ -86,7 +107,6 @@ LONGEST_FIRST = (
     "tests/test_sim_cosim.py::test_adversarial_corner_at_the_accumulator_bound_exact_width",
     "tests/test_sim_cosim.py::test_real_layers_on_exact_width_pes",
     "tests/test_hw_build.py::test_one_module_per_kind_of_layer",
-    "tests/test_pwlq_reference.py::test_yoloq_pwlq_is_no_worse_than_the_authors",
     "tests/test_sweep.py::test_failed_config_is_recorded_and_rerun_recomputes_only_it",
 )
 
@@ -100,6 +120,31 @@ def pytest_collection_modifyitems(config, items):
         return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
 
     items.sort(key=place)  # stable: collection order within each place
+    if getattr(config.option, "loadgroup", False):  # an xdist worker of `make test` (--dist loadgroup)
+        _group_by_xdist_group_mark(items)
+
+
+def _group_by_xdist_group_mark(items):
+    """What pytest-xdist's worker does for ``--dist loadgroup``: a test marked ``xdist_group(NAME)`` gets the
+    node id ``<id>@NAME``, by which the scheduler sends the group to one worker. xdist 3.8 writes the id into
+    ``item._nodeid``, which pytest 9's structured node ids no longer read (pytest-dev/pytest-xdist#1386): the
+    groups were silently ignored, and each worker made the group's shared fixtures again. Done here on either
+    kind of id; a pytest on which neither takes effect is an error, not a silent return to no groups."""
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if not names or item.nodeid.endswith("@" + "_".join(names)):  # none, or xdist did it
+            continue
+        grouped = f"{item.nodeid}@{'_'.join(names)}"
+        if hasattr(item, "_id"):  # pytest >= 9
+            from _pytest.nodeid import coerce_node_id
+
+            item._id = coerce_node_id(grouped)
+        else:
+            item._nodeid = grouped
+        if item.nodeid != grouped:
+            raise pytest.UsageError(f"cannot give {item.nodeid} its xdist group: this pytest's node ids are new to "
+                                    "tests/conftest.py")
 
 
 @pytest.fixture

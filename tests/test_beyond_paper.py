@@ -146,6 +146,11 @@ def test_spec_rejects_bad_options():
 
 
 # ---- real YOLOv5n: the improved artifact, the hardware, the budget ------------------------------------------------
+# The two tests of the GPTQ artifact are one xdist group: `make test` (--dist loadgroup) runs them on one worker,
+# which quantizes it once instead of once on each worker.
+GPTQ_GROUP = pytest.mark.xdist_group("gptq_artifact")
+
+
 @pytest.fixture(scope="module")
 def gptq_artifact(yolov5n_path, tmp_path_factory):
     """YOLOv5n, 4-bit PWLQ F-shape, GPTQ rounding and bias correction on 2 calibration images, via the CLI."""
@@ -159,6 +164,7 @@ def gptq_artifact(yolov5n_path, tmp_path_factory):
 
 
 @pytest.mark.slow
+@GPTQ_GROUP
 def test_gptq_artifact_lowers_output_error_and_keeps_format(gptq_artifact, yolov5n):
     from sw.checkpoint.artifact import VERSION, load_quantized
     from sw.quant.calibration import collect_input_stats
@@ -189,6 +195,7 @@ def test_gptq_artifact_lowers_output_error_and_keeps_format(gptq_artifact, yolov
 
 
 @pytest.mark.slow
+@GPTQ_GROUP
 def test_gptq_artifact_builds_and_cosimulates_bit_exactly(gptq_artifact, tmp_path):
     from sw.cli import main
 

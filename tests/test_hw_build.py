@@ -15,8 +15,10 @@ from sw.intref.contract import LayerContract
 from sw.intref.stream import StreamLayout
 from sw.checkpoint.artifact import load_quantized
 
-# Every test elaborates PEs (Amaranth, yosys) for layers of a quantized YOLOv7 (tens of seconds to make).
-pytestmark = pytest.mark.slow
+# Every test elaborates PEs (Amaranth, yosys) for layers of a quantized YOLOv7 (tens of seconds to make). They are
+# one xdist group: `make test` (--dist loadgroup) runs them on one worker, which builds the module's PEs once
+# instead of once on each worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hw_build")]
 
 LANES = 16
 

@@ -221,18 +221,19 @@ def _corner_contract(method, gran, k, shape, name):
     w_lo, w_hi = fmt.weight_range
     zlo, zhi = fmt.zero_point_range
     s_max, b_max = fmt.scale_range[1], fmt.breakpoint_range[1]
+    # every (code, tail, zero-point) at once: one probe contract with a filter of one weight per combination
+    combos = [(code, tail, z) for code in range(-(1 << (k - 1)), 1 << (k - 1))
+              for tail in ((0, 1) if pwlq else (0,)) for z in range(zlo, zhi + 1)]
+    code_of, tail_of, z_of = (torch.tensor(v, dtype=torch.int64) for v in zip(*combos))
+    m = len(combos)
+    probe = LayerContract("probe", (m, 1, 1, 1), "filter", fmt, 0, torch.full((m, 2 if pwlq else 1), s_max),
+                          torch.zeros((m, 2), dtype=torch.int64) if pwlq else z_of.view(m, 1),
+                          code_of.to(torch.int8).view(m, 1, 1, 1), tail_of.bool().view(m, 1, 1, 1) if pwlq else None,
+                          torch.full((m,), b_max) if pwlq else None)
     found = {}
-    for code in range(-(1 << (k - 1)), 1 << (k - 1)):
-        for tail in ((0, 1) if pwlq else (0,)):
-            for z in range(zlo, zhi + 1):
-                probe = LayerContract("probe", (1, 1, 1, 1), "layer", fmt, 0,
-                                      torch.tensor([[s_max, s_max]] if pwlq else [[s_max]]),
-                                      torch.tensor([[0, 0]] if pwlq else [[z]]), torch.tensor([[[[code]]]], dtype=torch.int8),
-                                      torch.tensor([[[[bool(tail)]]]]) if pwlq else None,
-                                      torch.tensor([b_max]) if pwlq else None)
-                w = int(probe.weight_int())
-                if w in (w_lo, w_hi) and w not in found:
-                    found[w] = (code, tail, z)
+    for w, combo in zip(probe.weight_int().view(m).tolist(), combos):
+        if w in (w_lo, w_hi) and w not in found:
+            found[w] = combo
     assert set(found) == {w_lo, w_hi}
     o = shape[0]
     groups = {"filter": o, "fshape": n}[gran]

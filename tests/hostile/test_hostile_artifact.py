@@ -20,6 +20,12 @@ from sw.intref.contract import LayerContract
 from sw.quant.model import QuantSpec, quantize_model
 
 
+# The tests that read this module's expensive fixture (a subprocess that imports torch and runs the CLI case after
+# case: tens of seconds) are one xdist group: `make test` (--dist loadgroup) runs them on one worker, which makes
+# the fixture once instead of once on each worker.
+ONE_WORKER = pytest.mark.xdist_group("hostile_artifact")
+
+
 def _quantized(path, method):
     spec = QuantSpec(method, 4, "filter", breakpoint="approx", include_detect=False)
     qm = quantize_model(tiny_model(), spec, progress=False)
@@ -121,6 +127,7 @@ CASES = ["affine zero-point 1000 at 4 bits", "symmetric zero-point 3", "PWLQ cen
          "codes outside 4 bits", "hw build of zero-point 1000"]
 
 
+@ONE_WORKER
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_artifact_refused_cleanly(outcomes, name):
@@ -128,6 +135,7 @@ def test_artifact_refused_cleanly(outcomes, name):
     outcome.assert_refused(pattern, names=str(path))
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_untampered_artifacts_load(artifacts):
     """The payloads above are single edits of artifacts that do load: the edit is what is refused."""
@@ -137,6 +145,7 @@ def test_untampered_artifacts_load(artifacts):
         assert load_model(path).kind == "quantized"
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_hw_field_check_refuses_instead_of_truncating(artifacts):
     """An in-memory record (no artifact check on the way) with an affine zero-point beyond its 4-bit field is

@@ -22,6 +22,12 @@ from hostile_payloads import (APPEND, BUILD, EMPTY_DICT, EMPTY_LIST, GET, MARK, 
 APPENDS, POP = b"e", b"0"
 
 
+# The tests that read this module's expensive fixture (a subprocess that imports torch and runs the CLI case after
+# case: tens of seconds) are one xdist group: `make test` (--dist loadgroup) runs them on one worker, which makes
+# the fixture once instead of once on each worker.
+ONE_WORKER = pytest.mark.xdist_group("hostile_checkpoint")
+
+
 def _laughs(levels: int = 9, fan: int = 10) -> bytes:
     """Nested lists, each holding ``fan`` references to the one below: fan**levels leaves in 40 bytes a level."""
     out = EMPTY_LIST + MARK + S("lol") * fan + APPENDS + PUT(0)
@@ -168,6 +174,7 @@ CASES = ["build sets a storage type's dtype", "build grows a tensor with set_()"
          "encrypted member", "bzip2 member", "12,000 zip entries", "5 GB file", "a FIFO as --weights", "a folder as --weights"]
 
 
+@ONE_WORKER
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_refused_cleanly(outcomes, name):
@@ -175,11 +182,13 @@ def test_refused_cleanly(outcomes, name):
     outcome.assert_refused(pattern, names=str(path))
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_cases_cover_every_payload(outcomes):
     assert sorted(outcomes) == sorted(CASES)
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_refused_names_are_not_imported(outcomes):
     assert not [m for m in outcomes["torch._dynamo is not imported"][2].new_modules if m.startswith("torch._dynamo")]
@@ -192,6 +201,7 @@ def test_billion_laughs_really_expands():
     assert _expanded_size(pickle.loads(pkl)["model"]) > 10 ** 9
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_zip_bomb_really_inflates(outcomes):
     path = outcomes["zip bomb storage (deflate 1000:1)"][0]

@@ -19,6 +19,12 @@ from sw.eval.coco import detect, evaluate, load_coco
 GOOD = 20
 
 
+# The tests that read this module's expensive fixture (a subprocess that imports torch and runs the CLI case after
+# case: tens of seconds) are one xdist group: `make test` (--dist loadgroup) runs them on one worker, which makes
+# the fixture once instead of once on each worker.
+ONE_WORKER = pytest.mark.xdist_group("hostile_coco")
+
+
 def _subset(src, dst, n=GOOD):
     """The first ``n`` images of the shared COCO subset, as a COCO root of their own (annotations as
     given, minus 'area' and 'categories', which yoloq must not need)."""
@@ -83,6 +89,7 @@ def outcomes(roots, yolov5n_path, tmp_path_factory):
     return dict(zip(cases, results)), cwd
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_one_unreadable_image_is_skipped_and_counted(outcomes, roots):
     results, cwd = outcomes
@@ -95,6 +102,7 @@ def test_one_unreadable_image_is_skipped_and_counted(outcomes, roots):
     assert any("1 annotations without" in line for line in warnings), r.stderr
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_too_many_bad_images_fail_naming_the_folder(outcomes, roots):
     results, cwd = outcomes
@@ -106,6 +114,7 @@ def test_too_many_bad_images_fail_naming_the_folder(outcomes, roots):
     assert not (cwd / "many.json").exists()
 
 
+@ONE_WORKER
 @pytest.mark.slow
 @pytest.mark.parametrize("name, pattern", [("bad_json", r"not a COCO instances file"),
                                            ("fifo", r"COCO annotation file is not a regular file")])
@@ -115,6 +124,7 @@ def test_malformed_annotation_file(outcomes, roots, name, pattern):
     assert not (cwd / f"{name}.json").exists()
 
 
+@ONE_WORKER
 @pytest.mark.slow
 def test_non_finite_predictions_are_never_scored(roots):
     """A model whose outputs are NaN/inf (the NaN-anchor checkpoint scored mAP 0.750 before) scores 0."""

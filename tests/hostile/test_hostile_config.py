@@ -15,6 +15,12 @@ from sw.checkpoint import load_model
 from sw.models import builtin_config
 
 
+# The tests that read this module's expensive fixture (a subprocess that imports torch and runs the CLI case after
+# case: tens of seconds) are one xdist group: `make test` (--dist loadgroup) runs them on one worker, which makes
+# the fixture once instead of once on each worker.
+ONE_WORKER = pytest.mark.xdist_group("hostile_config")
+
+
 def _v5n(**top):
     cfg = builtin_config("yolov5n")
     cfg.update(top)
@@ -90,6 +96,7 @@ def outcomes(tmp_path_factory):
     return {name: (paths[name], r) for name, r in zip(CASES, results)}
 
 
+@ONE_WORKER
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_config_refused_cleanly(outcomes, name):

@@ -16,6 +16,12 @@ from sw.cli.boundary import run_command
 from sw.errors import YoloqError
 
 
+# The tests that read this module's expensive fixture (a subprocess that imports torch and runs the CLI case after
+# case: tens of seconds) are one xdist group: `make test` (--dist loadgroup) runs them on one worker, which makes
+# the fixture once instead of once on each worker.
+ONE_WORKER = pytest.mark.xdist_group("hostile_outputs")
+
+
 def _char_device(path):
     """A character device node (same numbers as /dev/null), made here, so no real device is touched."""
     os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
@@ -49,6 +55,7 @@ def outcomes(yolov5n_path, tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["eval --json onto a FIFO", "eval --json onto a device node",
                                   "quantize -o onto a device node", "quantize --json onto a FIFO"])
+@ONE_WORKER
 def test_special_files_are_refused_and_left_alone(outcomes, name):
     results, tmp = outcomes
     target, pattern, outcome = results[name]
@@ -58,6 +65,7 @@ def test_special_files_are_refused_and_left_alone(outcomes, name):
     assert not (tmp / "q.yqa").exists()
 
 
+@ONE_WORKER
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["sweep --workers 0", "sweep --gpus-per-config nan"])
 def test_flags_are_checked_before_the_folder_is_claimed(outcomes, name):
