@@ -374,24 +374,33 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CC", "cc"))
 
 
-def _build() -> ctypes.CDLL | None:
+def build_library(stem: str, source: str, what: str, fallback: str) -> ctypes.CDLL | None:
+    """C ``source`` built with :data:`FLAGS` into the user's cache as ``stem-<key>.so`` (keyed by the source,
+    compiler, flags and CPU) and loaded; None (and a line on stderr naming ``what`` and the ``fallback``) where
+    no compiler works. Shared by every compiled kernel of the project."""
     compiler_path = compiler()
     if compiler_path is None:
         return None
-    key = hashlib.sha256("\0".join([SOURCE, compiler_path, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
-    target = _cache_dir() / f"pwlq_kernel-{key[:16]}.so"
+    key = hashlib.sha256("\0".join([source, compiler_path, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
+    target = _cache_dir() / f"{stem}-{key[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src, lib = Path(tmp) / "pwlq_kernel.c", Path(tmp) / "pwlq_kernel.so"
-            src.write_text(SOURCE)
+            src, lib = Path(tmp) / f"{stem}.c", Path(tmp) / f"{stem}.so"
+            src.write_text(source)
             done = subprocess.run([compiler_path, *FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True)
             if done.returncode != 0:
-                print(f"yoloq: building the PWLQ search kernel failed ({compiler_path}); using the slower torch scorer\n"
+                print(f"yoloq: building {what} failed ({compiler_path}); using {fallback}\n"
                       f"{done.stderr.strip()}", file=sys.stderr)
                 return None
             os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
-    library = ctypes.CDLL(str(target))
+    return ctypes.CDLL(str(target))
+
+
+def _build() -> ctypes.CDLL | None:
+    library = build_library("pwlq_kernel", SOURCE, "the PWLQ search kernel", "the slower torch scorer")
+    if library is None:
+        return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     library.pwlq_round.restype = library.pwlq_dequantize.restype = library.pwlq_grid.restype = None
     library.pwlq_grid.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, i64]
