@@ -1,4 +1,5 @@
-"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools.
+"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``accumulate`` and
+``summarize``; its per-image evaluation computed, equal, by :mod:`sw.eval.coco_match`).
 
 :func:`evaluate` takes any callable mapping a float NCHW batch in [0, 1] to decoded predictions
 ``[n, anchors, 5 + nc]``, so float, fake-quantized and hardware-exact models are measured by the same ruler.
