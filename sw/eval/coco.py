@@ -1,4 +1,5 @@
-"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools.
+"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``accumulate`` and
+``summarize``; its per-image evaluation computed, equal, by :mod:`sw.eval.coco_match`).
 
 :func:`evaluate` takes any callable mapping a float NCHW batch in [0, 1] to decoded predictions
 ``[n, anchors, 5 + nc]``, so float, fake-quantized and hardware-exact models are measured by the same ruler.
@@ -27,6 +28,7 @@ from .. import limits
 from ..errors import DataNotFoundError
 from .boxes import unletterbox
 from .coco_classes import COCO80_TO_91, COCO91_TO_80
+from .coco_match import evaluate_images, ground_truths
 from .images import prefetch_batches, shape_batches
 from .metrics import match_predictions, precision_recall_at_max_f1
 from .nms import non_max_suppression
@@ -269,64 +271,60 @@ def _quiet():
         yield
 
 
+def coco_rows(image_id: int, det: torch.Tensor) -> list[list]:
+    """One image's [n, 6] detections as rows (image id, COCO category id, x, y, w, h, score): pycocotools' bbox
+    results, YOLOv7 test.py's rounding."""
+    return [[image_id, COCO80_TO_91[int(cls)], round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3),
+             round(score, 5)] for x1, y1, x2, y2, score, cls in det.tolist()]
+
+
 def coco_records(detections) -> list[dict]:
-    """(image id, [n, 6] detections) pairs as pycocotools results (COCO category ids, [x, y, w, h] boxes),
-    YOLOv7 test.py's rounding."""
-    records = []
-    for image_id, det in detections:
-        for x1, y1, x2, y2, score, cls in det.tolist():
-            records.append({"image_id": image_id, "category_id": COCO80_TO_91[int(cls)],
-                            "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                            "score": round(score, 5)})
-    return records
+    """(image id, [n, 6] detections) pairs as pycocotools results (:func:`coco_rows` as dicts)."""
+    return [{"image_id": i, "category_id": c, "bbox": [x, y, w, h], "score": s}
+            for image_id, det in detections for i, c, x, y, w, h, s in coco_rows(image_id, det)]
 
 
 class Scorer:
     """P and R (YOLOv7 style, at max mean F1), mAP@.5 and mAP@.5:.95 (pycocotools) of one model's detections,
-    fed batch by batch (:meth:`add`), so that the per-image work (P/R matching, pycocotools' per-image
-    evaluation) runs as the batches arrive, beside the next forward passes (:func:`detect_many`).
+    fed batch by batch (:meth:`add`), so that the per-image work (P/R matching, COCO's per-image evaluation)
+    runs as the batches arrive, beside the next forward passes (:func:`detect_many`).
 
-    Each batch is evaluated by its own pycocotools ``COCOeval`` (unmodified), its detections numbered on
-    from the batches before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges the
-    per-image evaluations in the order ``accumulate`` expects (category, area range, image id) and
-    accumulates once: the same evaluations, arrays and stats as one COCOeval over all the images (tested
-    with ==)."""
+    Each batch's per-image evaluations are :func:`sw.eval.coco_match.evaluate_images`' (pycocotools'
+    ``COCOeval.evaluate``, computed by our own, compiled code), its detections numbered on from the batches
+    before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges them in the order
+    ``accumulate`` expects (category, area range, image id) and runs pycocotools' own ``accumulate`` and
+    ``summarize`` once: the same evaluations, arrays and stats as one pycocotools COCOeval over all the images
+    (tested with ==)."""
 
     def __init__(self, coco: CocoSubset):
         from pycocotools.coco import COCO
+        from pycocotools.cocoeval import Params
 
         self.coco = coco
         self.pr: list[tuple] = []   # per image: (TP flags, scores, classes, target classes)
-        self.evals: list = []       # per batch: (its image ids, sorted; its evaluated COCOeval)
+        self.evals: list = []       # per batch: (its image ids, sorted; its evalImgs [category, area, image])
         self.records = 0
         with _quiet():
             self.gt = COCO()
             self.gt.dataset = coco.gt  # the cleaned annotations (load_coco), not the file as it stands
             self.gt.createIndex()
+        self.params = Params(iouType="bbox")
+        self.params.catIds = list(np.unique(sorted(self.gt.getCatIds())))  # as COCOeval.evaluate sets them
+        self.gts = ground_truths(coco.gt["annotations"], coco.paths, self.params.catIds)
 
     def add(self, batch: list[tuple[int, torch.Tensor]]) -> None:
         """One batch's (image id, [n, 6] detections) pairs, each image once over all batches."""
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
+        rows = []
         for image_id, det in batch:
             gt_boxes, gt_cls = self.coco.targets[image_id]
             self.pr.append((match_predictions(det, gt_boxes, gt_cls), det[:, 4].numpy(), det[:, 5].numpy(),
                             gt_cls.numpy()))
-        records = coco_records(batch)
-        for n, ann in enumerate(records, self.records + 1):  # what loadRes adds to bbox results
-            x, y, w, h = ann["bbox"]
-            ann.update(segmentation=[[x, y, x, y + h, x + w, y + h, x + w, y]], area=w * h, id=n, iscrowd=0)
-        self.records += len(records)
-        with _quiet():
-            dt = COCO()
-            dt.dataset = {"images": self.coco.gt["images"], "categories": self.coco.gt["categories"],
-                          "annotations": records}
-            dt.createIndex()
-            ev = COCOeval(self.gt, dt, "bbox")
-            ev.params.imgIds = sorted(image_id for image_id, _ in batch)
-            ev.evaluate()
-        self.evals.append((ev.params.imgIds, ev))
+            rows += coco_rows(image_id, det)
+        ids = np.unique([image_id for image_id, _ in batch])
+        dets = np.array(rows, dtype=np.float64).reshape(-1, 7)
+        table = evaluate_images(ids, np.array(self.params.catIds), self.gts, dets, self.records + 1, self.params)
+        self.records += len(rows)
+        self.evals.append((ids, table))
 
     def result(self) -> dict:
         if not self.pr:
@@ -342,19 +340,17 @@ class Scorer:
         return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
 
     def merged(self):
-        """A pycocotools ``COCOeval`` holding every batch's per-image evaluations, ready to accumulate."""
+        """A pycocotools ``COCOeval`` holding every batch's per-image evaluations, ready to accumulate (with the
+        parameters its ``evaluate`` would have left)."""
         from pycocotools.cocoeval import COCOeval
 
-        first = self.evals[0][1]
         ids = np.concatenate([batch_ids for batch_ids, _ in self.evals])
-        K, A = len(first._paramsEval.catIds), len(first._paramsEval.areaRng)
-        # each batch's evalImgs: category-major, then area range, then its image ids in order
-        per_image = np.concatenate([np.array(ev.evalImgs, dtype=object).reshape(K, A, len(batch_ids))
-                                    for batch_ids, ev in self.evals], axis=2)
+        per_image = np.concatenate([table for _, table in self.evals], axis=2)
         order = np.argsort(ids, kind="stable")
-        ev = COCOeval(self.gt, first.cocoDt, "bbox")
-        ev.params = copy.deepcopy(first._paramsEval)
+        ev = COCOeval(self.gt, None, "bbox")
+        ev.params = copy.deepcopy(self.params)
         ev.params.imgIds = list(np.unique(ids))
+        ev.params.maxDets = sorted(ev.params.maxDets)
         ev._paramsEval = copy.deepcopy(ev.params)
         ev.evalImgs = per_image[:, :, order].reshape(-1).tolist()
         return ev
