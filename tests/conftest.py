@@ -147,12 +147,33 @@ def _group_by_xdist_group_mark(items):
                                     "tests/conftest.py")
 
 
+def require_built(kernel) -> None:
+    """For tests of a compiled kernel (:class:`sw.ckernel.CompiledKernel`): skipped where no C compiler exists
+    (its fallback is then the only path, and that path's own tests run); where one exists, a kernel that did not
+    build is a failure, not a skip."""
+    from sw import ckernel
+
+    if ckernel.compiler() is None:
+        pytest.skip(f"no C compiler: {kernel.fallback} is the only path")
+    assert kernel.available(), f"{kernel.what} did not build with {ckernel.compiler()}"
+
+
 @pytest.fixture
 def pwlq_kernel_built():
-    """For tests of the compiled PWLQ kernel: skipped where no C compiler exists (the torch path is then the
-    only one, and its own tests run); where one exists, a kernel that did not build is a failure, not a skip."""
     from sw.quant import pwlq_kernel
 
-    if pwlq_kernel.compiler() is None:
-        pytest.skip("no C compiler: the torch path is the only one")
-    assert pwlq_kernel.available(), f"the PWLQ kernel did not build with {pwlq_kernel.compiler()}"
+    require_built(pwlq_kernel.KERNEL)
+
+
+@pytest.fixture
+def fused_built():
+    from sw.intref import fused
+
+    require_built(fused.KERNEL)
+
+
+@pytest.fixture
+def coco_match_built():
+    from sw.eval import coco_match
+
+    require_built(coco_match.KERNEL)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sw.eval import coco_match
-from sw.eval.coco import Scorer, coco_records, detect, load_coco
+from sw.eval.coco import Scorer, coco_records, detect, load_coco, score
 
 
 def _pycocotools(coco, dets: dict):
@@ -32,12 +32,16 @@ def _pycocotools(coco, dets: dict):
     return reference
 
 
-def _ours(coco, dets: dict, batch: int):
+def _fed(coco, dets: dict, batch: int) -> Scorer:
     scorer = Scorer(coco)
     items = list(dets.items())
     for start in range(0, len(items), batch):
         scorer.add(items[start:start + batch])
-    merged = scorer.merged()
+    return scorer
+
+
+def _ours(coco, dets: dict, batch: int):
+    merged = _fed(coco, dets, batch).merged()
     with contextlib.redirect_stdout(io.StringIO()):
         merged.accumulate()
         merged.summarize()
@@ -74,15 +78,11 @@ def assert_same_evaluation(ours, reference) -> int:
 @pytest.fixture(params=["compiled", "python"])
 def matcher(request):
     """Each test twice: with the C kernel (skipped where no compiler exists) and with the Python matcher."""
-    from sw.quant import pwlq_kernel
-
     if request.param == "python":
         with coco_match.disabled():
             yield request.param
         return
-    if pwlq_kernel.compiler() is None:
-        pytest.skip("no C compiler: the Python matcher is the only one")
-    assert coco_match.available(), f"the COCO matching kernel did not build with {pwlq_kernel.compiler()}"
+    request.getfixturevalue("coco_match_built")  # tests/conftest.py
     yield request.param
 
 
@@ -96,12 +96,16 @@ def yolov5n_scored(yolov5n, coco_root):
 
 
 def test_real_yolov5n_detections(yolov5n_scored, matcher):
-    """Real detections scored in batches of 8 and all at once."""
+    """Real detections scored in batches of 5 and 8 and all at once; the Scorer's mAPs are pycocotools' stats,
+    whatever the batches (:func:`~sw.eval.coco.score`: one batch)."""
     coco, dets, reference = yolov5n_scored
     assert reference.stats[1] > 0.2  # real detections were scored
     assert sum(len(d) for d in dets.values()) > 3000
-    for batch in (8, len(dets)):
+    for batch in (5, 8, len(dets)):
         assert assert_same_evaluation(_ours(coco, dets, batch), reference) > 1000
+    result = _fed(coco, dets, 5).result()
+    assert (result["map50"], result["map50_95"]) == (reference.stats[1], reference.stats[0])
+    assert result == score(coco, dets)
 
 
 def _dataset(tmp_path, images: dict[int, list[dict]]):

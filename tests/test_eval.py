@@ -74,56 +74,6 @@ def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
         assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
 
 
-def test_batched_scoring_equals_one_cocoeval(yolov5n, coco_root):
-    """The Scorer's per-batch COCOevals, merged, against one pycocotools COCOeval over all images (loadRes of
-    every detection), on the real YOLOv5n's detections of 16 COCO images fed in batches of 5: every per-image
-    evaluation (detection ids included), every accumulated array and every summary stat equal (==)."""
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from sw.eval.coco import Scorer, coco_records
-
-    coco = load_coco(coco_root, limit=16)
-    dets = detect(yolov5n, coco, img_size=320, stride=int(yolov5n.stride.max()), progress=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO()
-        gt.dataset = coco.gt
-        gt.createIndex()
-        reference = COCOeval(gt, gt.loadRes(coco_records(dets.items())), "bbox")
-        reference.params.imgIds = sorted(dets)
-        reference.evaluate()
-        reference.accumulate()
-        reference.summarize()
-    scorer = Scorer(coco)
-    items = list(dets.items())
-    for start in range(0, len(items), 5):
-        scorer.add(items[start:start + 5])
-    merged = scorer.merged()
-    with contextlib.redirect_stdout(io.StringIO()):
-        merged.accumulate()
-        merged.summarize()
-    assert reference.stats[1] > 0.2  # real detections were scored
-    assert list(merged.stats) == list(reference.stats)
-    result = scorer.result()
-    assert (result["map50"], result["map50_95"]) == (reference.stats[1], reference.stats[0])
-    assert result == score(coco, dets)  # all at once: one batch
-    for k in ("precision", "recall", "scores"):
-        assert merged.eval[k].dtype == reference.eval[k].dtype and np.array_equal(merged.eval[k], reference.eval[k])
-    assert len(merged.evalImgs) == len(reference.evalImgs)
-    for a, b in zip(merged.evalImgs, reference.evalImgs):
-        assert (a is None) == (b is None)
-        if a is not None:
-            assert a.keys() == b.keys()
-            for key in a:
-                if isinstance(a[key], np.ndarray):
-                    assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key
-                else:
-                    assert a[key] == b[key], key
-
-
 def test_match_predictions_yolov7_rules():
     gt = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float64)
     gt_cls = torch.tensor([0.0, 0.0])

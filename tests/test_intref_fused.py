@@ -19,17 +19,6 @@ from sw.intref.network import IntegerConv2d
 from test_intref_contract import _contract, _edge_weights
 
 
-@pytest.fixture
-def fused_built():
-    """Skipped where no C compiler exists (the torch path is then the only one); where one exists, a library
-    that did not build is a failure."""
-    from sw.quant import pwlq_kernel
-
-    if pwlq_kernel.compiler() is None:
-        pytest.skip("no C compiler: the torch path is the only one")
-    assert fused.available(), f"the fused kernels did not build with {pwlq_kernel.compiler()}"
-
-
 def _equal_with_nan(a: torch.Tensor, b: torch.Tensor) -> bool:
     nan = torch.isnan(a)
     return a.dtype == b.dtype and torch.equal(nan, torch.isnan(b)) and torch.equal(a[~nan], b[~nan])

@@ -22,19 +22,19 @@ The rules are COCO's (pycocotools' ``evaluateImg``), implemented here from their
 
 IoUs come from pycocotools' own C function (``pycocotools.mask.iou``, one call per image), so they are the same
 doubles. The greedy matching, the hot loop (ten thresholds x detections x ground truths, four area ranges), runs
-compiled: one C call per batch, built on first use with the system compiler and cached like the PWLQ kernel
-(:func:`sw.quant.pwlq_kernel.build_library`). Where no compiler works the same loop runs in Python
+compiled: one C call per batch, built on first use with the system compiler and cached as every compiled kernel of yoloq is
+(:mod:`sw.ckernel`). Where no compiler works the same loop runs in Python
 (:func:`_match_python`; tests compare both with pycocotools).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import sys
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..ckernel import CompiledKernel
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -101,40 +101,14 @@ void coco_match(int64_t n_problems, const int64_t *n_dt, const int64_t *n_gt, co
 }
 """
 
-_library = None  # the loaded kernel, False once building it failed (or while disabled)
+def _declare(library: ctypes.CDLL) -> None:
+    library.coco_match.restype = None
+    library.coco_match.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 15 + [
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 7
 
 
-def _kernel():
-    global _library
-    if _library is None:
-        from ..quant.pwlq_kernel import build_library
-
-        try:
-            _library = build_library("coco_match", _SOURCE, "the COCO matching kernel",
-                                     "the slower Python matcher") or False
-        except OSError as e:  # an unwritable cache, a library that does not load
-            print(f"yoloq: COCO matching kernel unavailable ({e}); using the slower Python matcher", file=sys.stderr)
-            _library = False
-        if _library:
-            _library.coco_match.restype = None
-            _library.coco_match.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 15 + [
-                ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 7
-    return _library or None
-
-
-def available() -> bool:
-    return _kernel() is not None
-
-
-@contextlib.contextmanager
-def disabled():
-    """Match in Python inside this block, as where no compiler works (tests)."""
-    global _library
-    saved, _library = _library, False
-    try:
-        yield
-    finally:
-        _library = saved
+KERNEL = CompiledKernel("coco_match", _SOURCE, "the COCO matching kernel", "the slower Python matcher", _declare)
+available, disabled = KERNEL.available, KERNEL.disabled
 
 
 def _match_python(n_dt, n_gt, iou_at, iou_stride, dt_at, gt_at, out_dt_at, out_gt_at, out_g_at, iou, dt_id,
@@ -284,7 +258,7 @@ def evaluate_images(image_ids, cat_ids, gts: dict[int, GroundTruth], dets: np.nd
     gt_ignore, gt_order = np.empty(int(A * n_gt.sum()), dtype=np.int64), np.empty(int(A * n_gt.sum()), dtype=np.int64)
     arrays = (n_dt, n_gt, iou_at, stride, dt_at, gt_of, out_dt_at, out_gt_at, out_g_at, iou_all, ids, area,
               gt_ids, gt_area, gt_crowd)
-    library = _kernel()
+    library = KERNEL.library()
     if library is not None:
         ptr = [a.ctypes.data for a in arrays]
         library.coco_match(len(problems), *ptr, T, start.ctypes.data, A, area_lo.ctypes.data, area_hi.ctypes.data,

@@ -21,20 +21,18 @@ output once, with the arithmetic of the torch path it replaces, operation for op
 
 No fused multiply-add is formed (``-ffp-contract=off``), so each product and sum is IEEE's, as torch's are;
 tests/test_intref_fused.py compares every function with its torch path, tensor for tensor with torch.equal,
-on inputs at the bounds and on round-half ties. The library is built like the PWLQ kernel
-(:mod:`sw.quant.pwlq_kernel`: system C compiler, user cache, ctypes; work split over torch's thread count);
-where it cannot be built every function returns None and the caller runs the torch path.
+on inputs at the bounds and on round-half ties. The library is built, loaded and run
+on threads as every compiled kernel of yoloq is (:mod:`sw.ckernel`); where it cannot be built every function
+returns None and the caller runs the torch path.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import sys
 
 import torch
 
-from ..quant import pwlq_kernel
+from ..ckernel import CompiledKernel, run_split
 
 SOURCE = r"""
 #include <stdint.h>
@@ -100,55 +98,30 @@ void fused_head_output(const float *c0, const float *c1, const float *c2, int di
 }
 """
 
-_library = None  # the loaded library, False once building it failed
+def _declare(lib: ctypes.CDLL) -> None:
+    i64, ptr, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
+    lib.fused_quantize.restype = lib.fused_hw_output.restype = None
+    lib.fused_codes_output.restype = lib.fused_head_output.restype = None
+    lib.fused_quantize.argtypes = [ptr, dbl, dbl, dbl, ptr, i64, i64, i64, i64]
+    digits = [ptr, ptr, ptr, cint, dbl, dbl]
+    lib.fused_hw_output.argtypes = digits + [dbl, ptr, ptr, i64, i64, i64, i64, i64, i64]
+    lib.fused_codes_output.argtypes = digits + [ptr, ptr, dbl, ptr, ptr, i64, i64, i64, i64, i64, i64]
+    lib.fused_head_output.argtypes = digits + [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64]
 
 
-def _kernel():
-    global _library
-    if _library is None:
-        try:
-            _library = pwlq_kernel.build_library("intref_fused", SOURCE, "the fused exact-conv kernels",
-                                                 "the torch path") or False
-        except OSError as e:
-            print(f"yoloq: fused exact-conv kernels unavailable ({e}); using the torch path", file=sys.stderr)
-            _library = False
-        if _library:
-            i64, ptr, dbl, cint = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double, ctypes.c_int
-            lib = _library
-            lib.fused_quantize.restype = lib.fused_hw_output.restype = None
-            lib.fused_codes_output.restype = lib.fused_head_output.restype = None
-            lib.fused_quantize.argtypes = [ptr, dbl, dbl, dbl, ptr, i64, i64, i64, i64]
-            digits = [ptr, ptr, ptr, cint, dbl, dbl]
-            lib.fused_hw_output.argtypes = digits + [dbl, ptr, ptr, i64, i64, i64, i64, i64, i64]
-            lib.fused_codes_output.argtypes = digits + [ptr, ptr, dbl, ptr, ptr, i64, i64, i64, i64, i64, i64]
-            lib.fused_head_output.argtypes = digits + [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64]
-    return _library or None
-
-
-def available() -> bool:
-    return _kernel() is not None
-
-
-@contextlib.contextmanager
-def disabled():
-    """Run the torch paths inside this block, as where no compiler works (benchmarks' baseline, tests)."""
-    global _library
-    saved, _library = _library, False
-    try:
-        yield
-    finally:
-        _library = saved
+KERNEL = CompiledKernel("intref_fused", SOURCE, "the fused exact-conv kernels", "the torch path", _declare)
+available, disabled = KERNEL.available, KERNEL.disabled
 
 
 def quantize_centred(x: torch.Tensor, scale: float, lo: int, hi: int) -> torch.Tensor | None:
     """``clamp(round(x / scale), lo, hi)`` (division in float64) of float32 ``x``, as float32; None without
     the kernel or for another dtype."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or x.dtype != torch.float32 or x.device.type != "cpu":
         return None
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.float32)
-    pwlq_kernel._run(library.fused_quantize, (x.data_ptr(), float(scale), float(lo), float(hi), out.data_ptr()),
+    run_split(library.fused_quantize, (x.data_ptr(), float(scale), float(lo), float(hi), out.data_ptr()),
                      x.numel(), 0, x.numel())
     return out
 
@@ -162,7 +135,7 @@ def _digit_args(convs: list[torch.Tensor], k: int) -> tuple[tuple, list[torch.Te
 
 
 def _usable(convs: list[torch.Tensor]):
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or not 1 <= len(convs) <= 3 or any(c.dtype != torch.float32 or c.device.type != "cpu"
                                                            for c in convs):
         return None
@@ -180,7 +153,7 @@ def hw_output(convs: list[torch.Tensor], k: int, scale: float, bias: torch.Tenso
     b = None if bias is None else bias.detach().contiguous()
     out = torch.empty(convs[0].shape, dtype=torch.float32)
     rows = out.numel() // max(plane, 1)
-    pwlq_kernel._run(library.fused_hw_output, (*args, float(scale), 0 if b is None else b.data_ptr(),
+    run_split(library.fused_hw_output, (*args, float(scale), 0 if b is None else b.data_ptr(),
                                                out.data_ptr(), channels, plane), rows, 0, out.numel())
     return out
 
@@ -195,7 +168,7 @@ def codes_output(convs: list[torch.Tensor], k: int, epilogue) -> torch.Tensor | 
     scale, const = epilogue.scale.contiguous(), epilogue.const.contiguous()
     table = epilogue.table.contiguous()
     out = torch.empty(convs[0].shape, dtype=torch.float32)
-    pwlq_kernel._run(library.fused_codes_output, (*args, scale.data_ptr(), const.data_ptr(), float(epilogue.top),
+    run_split(library.fused_codes_output, (*args, scale.data_ptr(), const.data_ptr(), float(epilogue.top),
                                                   table.data_ptr(), out.data_ptr(), channels, plane),
                      out.numel() // max(plane, 1), 0, out.numel())
     return out
@@ -210,6 +183,6 @@ def head_output(convs: list[torch.Tensor], k: int, offset: torch.Tensor, scale: 
     args, convs, channels, plane = _digit_args(convs, k)
     offset, scale = offset.double().contiguous(), scale.double().contiguous()
     out = torch.empty(convs[0].shape, dtype=torch.float64)
-    pwlq_kernel._run(library.fused_head_output, (*args, offset.data_ptr(), scale.data_ptr(), out.data_ptr(),
+    run_split(library.fused_head_output, (*args, offset.data_ptr(), scale.data_ptr(), out.data_ptr(),
                                                  channels, plane), out.numel() // max(plane, 1), 0, out.numel())
     return out

@@ -14,29 +14,17 @@ them with ==), handing back the rare groups where torch.topk's order on ties dec
 torch's own max and unbiased std bit for bit; :func:`round_to_levels` and :func:`dequantize` exactly what their
 torch namesakes in :mod:`sw.quant.pwlq` give, in one pass instead of ten, straight in the conv weight's layout.
 
-Threads: each call is cut into pieces that the torch thread count's workers take in turn (:func:`_run`), so a
-thread slowed by another process on its core does not hold the others up.
-
-The C source is built on first use with the system C compiler (``$CC``, else ``cc``) into the user's cache
-(``$XDG_CACHE_HOME/yoloq``, else ``~/.cache/yoloq``), keyed by the source, the flags and the CPU, and loaded
-with ctypes. Where no compiler works, every function returns None and the caller uses torch.
+Built, loaded and run on threads as every compiled kernel of yoloq is (:mod:`sw.ckernel`); where no compiler
+works, every function returns None and the caller uses torch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
+
+from ..ckernel import CompiledKernel, run_split
 
 _SOURCE = r"""
 #include <math.h>
@@ -344,63 +332,11 @@ void pwlq_dequantize(const int8_t *codes, const uint8_t *region, const int64_t *
 # the candidate arrays' bounds (pwlq_search's stack), in the source itself so that the cache key covers them
 MAX_STEPS, MAX_WINDOWS = 32, 8
 SOURCE = f"#define MAX_STEPS {MAX_STEPS}\n#define MAX_WINDOWS {MAX_WINDOWS}\n" + _SOURCE
-FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd",
-         "-shared", "-fPIC"]
-
-# Parallel work is cut into pieces of at least PIECE_WORK member visits, up to PIECES_PER_THREAD per thread.
-PIECE_WORK = 1 << 16
-PIECES_PER_THREAD = 8
 # torch's CPU reductions split one row between threads from this many members on (at::internal::GRAIN_SIZE).
 STD_GRAIN = 32768
 
-_library = None      # the loaded kernel, False once building it failed
-_pool: ThreadPoolExecutor | None = None
 
-
-def _cpu_id() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line for line in fh if line.startswith(("model name", "flags"))), "")
-    except OSError:
-        return platform.processor()
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yoloq"
-
-
-def compiler() -> str | None:
-    """The C compiler the kernel is built with (``$CC``, else ``cc``), or None where there is none."""
-    return shutil.which(os.environ.get("CC", "cc"))
-
-
-def build_library(stem: str, source: str, what: str, fallback: str) -> ctypes.CDLL | None:
-    """C ``source`` built with :data:`FLAGS` into the user's cache as ``stem-<key>.so`` (keyed by the source,
-    compiler, flags and CPU) and loaded; None (and a line on stderr naming ``what`` and the ``fallback``) where
-    no compiler works. Shared by every compiled kernel of the project."""
-    compiler_path = compiler()
-    if compiler_path is None:
-        return None
-    key = hashlib.sha256("\0".join([source, compiler_path, *FLAGS, platform.machine(), _cpu_id()]).encode()).hexdigest()
-    target = _cache_dir() / f"{stem}-{key[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            src, lib = Path(tmp) / f"{stem}.c", Path(tmp) / f"{stem}.so"
-            src.write_text(source)
-            done = subprocess.run([compiler_path, *FLAGS, str(src), "-o", str(lib), "-lm"], capture_output=True, text=True)
-            if done.returncode != 0:
-                print(f"yoloq: building {what} failed ({compiler_path}); using {fallback}\n"
-                      f"{done.stderr.strip()}", file=sys.stderr)
-                return None
-            os.replace(lib, target)  # atomic: a concurrent build writes the same bytes
-    return ctypes.CDLL(str(target))
-
-
-def _build() -> ctypes.CDLL | None:
-    library = build_library("pwlq_kernel", SOURCE, "the PWLQ search kernel", "the slower torch scorer")
-    if library is None:
-        return None
+def _declare(library: ctypes.CDLL) -> None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     library.pwlq_round.restype = library.pwlq_dequantize.restype = library.pwlq_grid.restype = None
     library.pwlq_grid.argtypes = [ptr, ptr, ctypes.c_int, ptr, ptr, ptr, i64, i64, i64, i64]
@@ -411,70 +347,23 @@ def _build() -> ctypes.CDLL | None:
     library.pwlq_stats.argtypes = [ptr, i64, ptr, ptr, i64, i64, i64, i64]
     library.pwlq_search.argtypes = [ptr, i64, ptr, ptr, ctypes.c_int, i64, ptr, i64, ptr, ptr, i64, ctypes.c_double,
                                     ctypes.c_double, ptr, i64, i64, i64, i64]
-    return library
 
 
-def _kernel():
-    global _library
-    if _library is None:
-        try:
-            _library = _build() or False
-        except OSError as e:  # an unwritable cache, a library that does not load
-            print(f"yoloq: PWLQ search kernel unavailable ({e}); using the slower torch scorer", file=sys.stderr)
-            _library = False
-    return _library or None
-
-
-def available() -> bool:
-    return _kernel() is not None
-
-
-@contextlib.contextmanager
-def disabled():
-    """Score with torch inside this block, as where no compiler works (benchmarks' baseline, tests)."""
-    global _library
-    saved, _library = _library, False
-    try:
-        yield
-    finally:
-        _library = saved
-
-
-def _run(function, args: tuple, groups: int, second: int, work: int) -> None:
-    """``function(*args, lo, hi, lo2, hi2)`` over [groups, second] in disjoint ranges on the torch thread count:
-    ranges of groups, or, with fewer groups than pieces, of the second axis (0: it cannot be split). ``work`` (about
-    the member visits of the whole call) sets the number of pieces: none below :data:`PIECE_WORK` (a thread's
-    wake-up costs more), else up to :data:`PIECES_PER_THREAD` per thread, taken in turn by the threads, so that a
-    thread slowed by another process on its core leaves its remaining pieces to the others."""
-    global _pool
-    threads = max(1, torch.get_num_threads())
-    pieces = min(threads * PIECES_PER_THREAD, work // PIECE_WORK)
-    if threads == 1 or pieces < 2:
-        function(*args, 0, groups, 0, second)
-        return
-    if groups >= pieces or second == 0:
-        pieces = min(pieces, groups)
-        cuts = [(groups * i // pieces, groups * (i + 1) // pieces, 0, second) for i in range(pieces)]
-    else:
-        pieces = min(pieces, second)
-        cuts = [(0, groups, second * i // pieces, second * (i + 1) // pieces) for i in range(pieces)]
-    if _pool is None or _pool._max_workers != threads:
-        _pool = ThreadPoolExecutor(threads)
-    for job in [_pool.submit(function, *args, *cut) for cut in cuts]:
-        job.result()
+KERNEL = CompiledKernel("pwlq_kernel", SOURCE, "the PWLQ search kernel", "the slower torch scorer", _declare)
+available, disabled = KERNEL.available, KERNEL.disabled
 
 
 def scores(absw: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits: int) -> torch.Tensor | None:
     """Squared error [G, C] (float64) of ``absw`` [G, N] (float32 |w|) at C candidate breakpoints ``p`` [G, C]
     per group (float64, clipped to ``absmax`` [G, 1]); None where the kernel cannot be built."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None:
         return None
     absw = absw.float().contiguous()
     m, p = absmax.double().contiguous(), p.double().contiguous()
     groups, members = absw.shape
     out = torch.empty(groups, p.shape[1], dtype=torch.float64)
-    _run(library.pwlq_scores, (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), p.shape[1], bits,
+    run_split(library.pwlq_scores, (absw.data_ptr(), members, m.data_ptr(), p.data_ptr(), p.shape[1], bits,
                                out.data_ptr()), groups, p.shape[1], absw.numel() * p.shape[1])
     return out
 
@@ -483,13 +372,13 @@ def stats(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(max |w|, unbiased standard deviation) per row of float32 ``w`` [G, N], both [G, 1] float32, in one pass,
     equal to ``w.abs().amax(1)`` and ``w.std(1)`` (NaN for one member); None without the kernel, and for rows
     of :data:`STD_GRAIN` members or more (where torch's std splits a row between threads: other sums)."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or w.dtype != torch.float32 or w.shape[1] >= STD_GRAIN:
         return None
     w = w.contiguous()
     absmax = torch.empty(w.shape[0], 1, dtype=torch.float32)
     std = torch.empty(w.shape[0], 1, dtype=torch.float32)
-    _run(library.pwlq_stats, (w.data_ptr(), w.shape[1], absmax.data_ptr(), std.data_ptr()), w.shape[0], 0,
+    run_split(library.pwlq_stats, (w.data_ptr(), w.shape[1], absmax.data_ptr(), std.data_ptr()), w.shape[0], 0,
          w.numel())
     return absmax, std
 
@@ -503,7 +392,7 @@ def search(w: torch.Tensor, absmax: torch.Tensor, approx: torch.Tensor, bits: in
     NaN for the (rare) groups whose fine windows tie, which the caller must search with torch's rule. None
     without the kernel, or with fewer groups than threads (one group cannot be split between them: the
     caller's torch path scores its candidates in parallel instead)."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or w.dtype != torch.float32 or w.shape[0] < max(1, torch.get_num_threads()):
         return None
     if not (len(steps) == len(fine_steps) <= MAX_STEPS and len(fractions) + 2 <= MAX_STEPS
@@ -514,7 +403,7 @@ def search(w: torch.Tensor, absmax: torch.Tensor, approx: torch.Tensor, bits: in
     table = torch.tensor([*fractions, *steps, *fine_steps], dtype=torch.float64)
     f_at, s_at, fine_at = (table.data_ptr() + 8 * i for i in (0, len(fractions), len(fractions) + len(steps)))
     best = torch.empty(w.shape[0], 1, dtype=torch.float64)
-    _run(library.pwlq_search, (w.data_ptr(), w.shape[1], m.data_ptr(), approx.data_ptr(), bits, windows, f_at,
+    run_split(library.pwlq_search, (w.data_ptr(), w.shape[1], m.data_ptr(), approx.data_ptr(), bits, windows, f_at,
                                len(fractions), s_at, fine_at, len(steps), lo, hi, best.data_ptr()), w.shape[0], 0,
          w.numel() * (len(fractions) + 2 + (1 + windows) * len(steps)))
     return best
@@ -553,7 +442,7 @@ def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits
     """(int8 codes, bool tail mask) of float32 ``w`` as :func:`sw.quant.pwlq.round_to_levels` gives them for the
     parameters of ``absmax`` and ``p`` ([G, 1], float64), in w's layout: rows [G, N], or, with the groups'
     ``strides``, a conv weight [o, c, h, w]. None without the kernel."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or w.dtype != torch.float32:
         return None
     w = w.contiguous()
@@ -561,11 +450,11 @@ def round_to_levels(w: torch.Tensor, absmax: torch.Tensor, p: torch.Tensor, bits
     m, p = absmax.double().contiguous(), p.double().contiguous()
     _check_groups(dims, steps, min(m.numel(), p.numel()))
     grid = torch.empty(3, m.shape[0], dtype=torch.float32)
-    _run(library.pwlq_grid, (m.data_ptr(), p.data_ptr(), bits, grid[0].data_ptr(), grid[1].data_ptr(),
+    run_split(library.pwlq_grid, (m.data_ptr(), p.data_ptr(), bits, grid[0].data_ptr(), grid[1].data_ptr(),
                              grid[2].data_ptr()), m.shape[0], 0, m.shape[0])
     codes = torch.empty(w.shape, dtype=torch.int8)
     tail = torch.empty(w.shape, dtype=torch.bool)
-    _run(library.pwlq_round, (w.data_ptr(), dims.data_ptr(), steps.data_ptr(), grid[0].data_ptr(),
+    run_split(library.pwlq_round, (w.data_ptr(), dims.data_ptr(), steps.data_ptr(), grid[0].data_ptr(),
                               grid[1].data_ptr(), grid[2].data_ptr(), bits, codes.data_ptr(), tail.data_ptr()),
          w.numel(), 0, w.numel())
     return codes, tail
@@ -576,7 +465,7 @@ def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: 
     """Float32 weights from int8 ``codes`` and the ``tail`` mask, as :func:`sw.quant.pwlq.dequantize` gives them
     rounded to float32, in the codes' layout (rows [G, N], or with the groups' ``strides`` a conv weight
     [o, c, h, w]); None without the kernel."""
-    library = _kernel()
+    library = KERNEL.library()
     if library is None or codes.dtype != torch.int8:
         return None
     codes, tail = codes.contiguous(), tail.contiguous()
@@ -586,7 +475,7 @@ def dequantize(codes: torch.Tensor, tail: torch.Tensor, s_c: torch.Tensor, s_t: 
         raise ValueError(f"region mask {tuple(tail.shape)} {tail.dtype} does not match codes {tuple(codes.shape)}")
     _check_groups(dims, steps, min(s_c.numel(), s_t.numel(), p.numel()))
     out = torch.empty(codes.shape, dtype=torch.float32)
-    _run(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), dims.data_ptr(), steps.data_ptr(),
+    run_split(library.pwlq_dequantize, (codes.data_ptr(), tail.data_ptr(), dims.data_ptr(), steps.data_ptr(),
                                    s_c.data_ptr(), s_t.data_ptr(), p.data_ptr(), bits, out.data_ptr()),
          codes.numel(), 0, codes.numel())
     return out
