@@ -117,52 +117,22 @@ class _Observer:
 
 def pre_activation_scale(samples: torch.Tensor, activation: str, out: ActQuant, pre_bits: int) -> float:
     """The step of a conv's pre-activation code: least squared error of the table's output codes against the
-    ideal ones (``out`` applied to ``act(pre)``) on ``samples``, over fractions of the largest |sample|
-    (the first fraction of least error wins).
-
-    Computed per code, not per sample, for all fractions at once: table entries and ideal outputs are integer
-    codes, so a fraction's squared error is an exact integer, ``sum_k n_k t_k^2 - 2 t_k I_k + sum ideal^2``
-    over the codes ``k`` (``n_k`` samples with code ``k``, ``I_k`` the sum of their ideal codes, ``t_k`` the
-    table's entry), and the mean squared error is that integer over the sample count: the same order, the
-    same choice. The samples are sorted once; a step's codes are then nondecreasing, so each code's samples
-    are one run, found by bisecting at the half-code boundaries and checked on both sides of every boundary
-    with the code computed as the definition computes it, ``round(x / step)`` (a step with a boundary off by a
-    rounding counts its codes sample by sample)."""
+    ideal ones (``out`` applied to ``act(pre)``) on ``samples``, over fractions of the largest |sample|."""
     top = float(samples.abs().max()) if samples.numel() else 0.0
     if top == 0.0:
         return 1.0
     fmt = EpilogueFormat(2, 1, out.bits, pre_bits)
     lo, hi = fmt.pre_range
     x = samples.double()
-    ideal = out.quantize(ACTIVATIONS[activation](x)).to(torch.int64)  # before sorting: the same elementwise work
-    x, order = torch.sort(x)
-    ideal = ideal[order]
-    ideal_sums = torch.cat([torch.zeros(1, dtype=torch.int64), ideal.cumsum(0)])  # int64: exact
-    steps = [f * top / hi for f in CLIP_FRACTIONS.tolist()]
-    ends = _code_ends(x, torch.tensor(steps, dtype=torch.float64), lo, hi)
-    counts = ends.diff(dim=1, prepend=torch.zeros(len(steps), 1, dtype=torch.int64))
-    sums = ideal_sums[ends] - ideal_sums[ends - counts]
-    tables = torch.stack([activation_table(activation, step, out, fmt) for step in steps])
-    errors = (counts * tables.square() - 2 * tables * sums).sum(1).tolist()  # each minus sum(ideal^2)
-    return steps[errors.index(min(errors))]
-
-
-def _code_ends(x: torch.Tensor, steps: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """For sorted ``x`` and each step of ``steps``: per code k = lo .. hi, how many samples have a code <= k
-    (int64 [steps, hi - lo + 1]), a sample's code being ``clamp(round(x / step), lo, hi)``."""
-    n = x.numel()
-    inner = torch.arange(lo, hi, dtype=torch.float64)  # k = lo .. hi - 1: codes with an upper boundary
-    step = steps.view(-1, 1)
-    ends = torch.searchsorted(x, (inner + 0.5) * step)  # first sample at or above k + 1/2 steps
-
-    def code(i):  # the definition's code of sample i, unclamped (clamping moves no boundary between lo and hi)
-        return torch.round(x[i] / step)
-
-    right = ((ends == 0) | (code((ends - 1).clamp(min=0)) <= inner)) & ((ends == n) | (code(ends.clamp(max=n - 1)) > inner))
-    for row in (~right.all(1)).nonzero().flatten().tolist():  # off by a rounding: count codes sample by sample
-        codes = torch.round(x / float(steps[row])).clamp_(lo, hi).to(torch.int64) - lo
-        ends[row] = torch.bincount(codes, minlength=hi - lo + 1).cumsum(0)[:-1]
-    return torch.cat([ends, torch.full((len(steps), 1), n)], 1)
+    ideal = out.quantize(ACTIVATIONS[activation](x))
+    best, best_err = 1.0, float("inf")
+    for f in CLIP_FRACTIONS.tolist():
+        step = f * top / hi
+        codes = torch.round(x / step).clamp_(lo, hi).to(torch.int64)
+        err = float((activation_table(activation, step, out, fmt)[codes - lo].double() - ideal).square().mean())
+        if err < best_err:
+            best, best_err = step, err
+    return best
 
 
 class TensorCalibration:
