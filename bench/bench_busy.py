@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from sw.heap import ENVIRONMENT
+
 REPO = Path(__file__).resolve().parent.parent
 
 SPINNER = """
@@ -47,7 +49,9 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 if {policy}:
     from sw.threads import apply_thread_policy
+    from sw.heap import keep_freed_memory
     apply_thread_policy()
+    keep_freed_memory()
 if {task!r}.startswith("reference"):  # the plain CPU-bound job: no torch
     import hashlib, threading
     threads = int({task!r}[-1])
@@ -77,8 +81,9 @@ print(json.dumps({{"seconds": time.perf_counter() - t0}}))
 
 
 def clean_env() -> dict:
-    """The environment without any thread setting: torch's defaults (this process has the policy's)."""
-    return {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    """The environment without any thread or heap setting: torch's and glibc's defaults (this process has the
+    policies')."""
+    return {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", *ENVIRONMENT)}
 
 
 def run_measure(task: str, images: int, policy: bool) -> float:

@@ -24,12 +24,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sw.heap import ENVIRONMENT
+
 REPO = Path(__file__).resolve().parent.parent
 
 STEPS = """
 import json, resource, sys, tempfile, time
 sys.path.insert(0, sys.argv[1])
-from bench import common  # noqa: F401  the thread policy, before torch
+from sw.threads import apply_thread_policy
+apply_thread_policy()  # before torch; the heap policy only in the "keep" variant
 opts = json.loads(sys.argv[2])
 if opts["keep"]:
     from sw.heap import keep_freed_memory
@@ -86,7 +89,8 @@ print(json.dumps({"rows": rows, "maps": [result[k] for k in ("map50_fp", "map50_
 
 
 def measure(keep: bool, limit: int | None, sims: bool) -> dict:
-    env = dict(os.environ, YOLOQ_SIM_CACHE=tempfile.mkdtemp(prefix="bench-simcache-"),
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}  # bench.common exported the heap policy
+    env.update(YOLOQ_SIM_CACHE=tempfile.mkdtemp(prefix="bench-simcache-"),
                CCACHE_DIR=tempfile.mkdtemp(prefix="bench-ccache-"))
     done = subprocess.run([sys.executable, "-c", STEPS, str(REPO), json.dumps({"keep": keep, "limit": limit,
                                                                                  "sims": sims})],

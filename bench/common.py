@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks: timing and ratio tables. Benchmarks print; they never assert on time.
 
 Imported first by every benchmark: it applies yoloq's thread policy (sw.threads) before torch loads, as
-every entry point does, so benchmarks measure what users get.
+every entry point does, and the heap policy (sw.heap), so benchmarks measure what users get.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's sw, hw, sim
 
+from sw.heap import keep_freed_memory  # noqa: E402
 from sw.threads import apply_thread_policy  # noqa: E402
 
 apply_thread_policy()
+keep_freed_memory()
 
 
 def best_of(fn, repeat: int = 3) -> float:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import sys
 
+from ..heap import keep_freed_memory
 from ..threads import apply_thread_policy
 
 apply_thread_policy()  # before any command imports torch: see sw.threads
+keep_freed_memory()  # large tensors reuse freed pages: see sw.heap
 
 from .parser import COMMANDS, build_parser  # noqa: E402,F401 (build_parser: the parser, also for tests)
 

@@ -73,14 +73,12 @@ def run(args) -> int:
 
     from ..atomic import write_json
     from ..checkpoint import load_model
-    from ..heap import keep_freed_memory
     from ..eval.coco import load_coco
     from ..intref.contract import LayerContract
     from ..intref.validate import HardwareFormat, hardware_model, validate
     from ..checkpoint.artifact import save_quantized
     from ..quant.model import QuantSpec, quantize_model
 
-    keep_freed_memory()  # the forward passes' large activations reuse freed pages instead of faulting in new ones
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     weights = data_file("yolov5n/yolov5n.pt", args.data)
