@@ -6,10 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sw.heap import keep_freed_memory
 from sw.threads import apply_thread_policy
 
-# Before torch loads: passive OpenMP waiting, and pytest-xdist's workers share the usable CPUs (sw.threads).
+# Before torch loads: passive OpenMP waiting, and pytest-xdist's workers share the usable CPUs (sw.threads);
+# freed memory kept, as every yoloq command does (sw.heap).
 apply_thread_policy(share=int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+keep_freed_memory()
 
 import pytest  # noqa: E402
 import torch  # noqa: E402,F401 (loaded here, after the policy, whatever a test module imports first)

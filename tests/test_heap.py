@@ -1,6 +1,7 @@
 """sw.heap.keep_freed_memory: a large block freed and allocated again reuses the same pages (no fresh page
 faults), which is what makes the demo's evaluation loop cheaper; results are untouched by construction."""
 
+import os
 import subprocess
 import sys
 
@@ -21,7 +22,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def faults(mode: str) -> int:
-    done = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+    from sw.heap import ENVIRONMENT
+
+    env = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT}  # glibc's defaults (conftest exported ours)
+    done = subprocess.run([sys.executable, "-c", PROBE, mode], env=env, capture_output=True, text=True, check=True)
     return int(done.stdout)
 
 
@@ -36,8 +40,6 @@ def test_freed_blocks_are_reused_without_page_faults():
 def test_every_command_and_its_children_keep_freed_memory():
     """The CLI applies the policy (as it does the thread policy) and exports it: a process it starts reuses a
     freed block too; a setting of the user's own is kept."""
-    import os
-
     from sw.heap import ENVIRONMENT
 
     base = {k: v for k, v in os.environ.items() if k not in ENVIRONMENT and k != "GLIBC_TUNABLES"}
