@@ -53,7 +53,7 @@ VERILATOR_RUN_ARGS = ["+verilator+rand+reset+2"]
 PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 # verilated.mk compiles the model at OPT_FAST=-Os. -O1 compiles a 16-lane layer unit's model in about two thirds
 # of the CPU time (11 against 16 CPU s), and its simulation is no slower (YOLOv5n feature maps: 17-21 CPU s at
-# either level); -O0 compiles in 11 s but simulates 3.5 times slower. The model's compile is most of a build's
+# either level); -O0 compiles in about 11-13 s but simulates 3.5 times slower. The model's compile is most of a build's
 # cost once ccache holds Verilator's runtime.
 OPT_FAST = "OPT_FAST=-O1"
 VERILATOR_MAKE_VARS = (PCH_FIX, OPT_FAST)  # given to make through MAKEFLAGS, part of the build's hash
