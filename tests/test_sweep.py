@@ -262,24 +262,43 @@ def test_failed_config_is_recorded_and_rerun_recomputes_only_it(yolov5n_path, co
     assert all((tmp_path / "runs" / f"{k}.json").stat().st_mtime_ns == t for k, t in finished_mtimes.items())
 
 
-# The uninterrupted local sweep that the resumed one and the Ray one must each reproduce byte for byte, run once
-# for both; `make test` runs the tests of one xdist group on one worker (--dist loadgroup), so it stays once.
+# The sweeps below must give the same results.csv, byte for byte, however they ran: an uninterrupted sweep on Ray
+# and a local sweep (a process pool) killed mid-run and resumed. One uninterrupted sweep serves as the reference
+# for both claims: the resumed local sweep equal to the uninterrupted Ray one shows that resuming changes nothing
+# and that Ray computes what local workers compute (a fault in either makes them differ). It is the Ray sweep,
+# run once; `make test` runs the tests of one xdist group on one worker (--dist loadgroup), so it stays once.
 SWEEP_GROUP = pytest.mark.xdist_group("fig4_sweep")
 
 
 @pytest.fixture(scope="module")
-def fig4_reference(yolov5n_path, coco_root, tmp_path_factory) -> Path:
-    """``yoloq sweep --preset fig4 --bits 3-4`` on 2 images with 2 local workers, uninterrupted: five
-    configurations, enough for every plot of the report."""
-    reference = tmp_path_factory.mktemp("sweep") / "reference"
-    subprocess.run(_cli(*_sweep_args(yolov5n_path, coco_root, reference)), cwd=REPO,
-                   env={**os.environ, "PYTHONPATH": str(REPO)}, check=True, capture_output=True, timeout=300)
-    return reference
+def fig4_ray(yolov5n_path, coco_root, tmp_path_factory):
+    """``--preset fig4 --bits 3-4`` on 2 images with 2 Ray workers, uninterrupted: five configurations, enough
+    for every plot of the report. Returns the study's result and its folder."""
+    assert importlib.util.find_spec("ray"), "Ray is in the test extra: pip install -e '.[test]'"  # fail, never skip
+    out = tmp_path_factory.mktemp("sweep") / "ray"
+    threads = torch.get_num_threads()
+    try:
+        # the same configurations, images, evaluation settings and worker count as the local sweep below
+        result = run_study(plan("fig4", "3-4"), yolov5n_path, coco_root, out, executor="ray", eval_kwargs=EVAL,
+                           limit=2, workers=2, progress=False)
+    finally:
+        torch.set_num_threads(threads)  # a sweep in this process sets its own count; give the other tests theirs back
+    return result, out
 
 
 @pytest.mark.slow
 @SWEEP_GROUP
-def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_path, fig4_reference):
+def test_ray_sweep_runs_every_configuration_with_its_share_of_the_cpus(fig4_ray):
+    remote, out = fig4_ray
+    assert not remote.failed and remote.computed == 5
+    threads = {json.loads(p.read_text())["threads"] for p in (out / "runs").glob("*.json")}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
+
+
+@pytest.mark.slow
+@SWEEP_GROUP
+def test_killed_and_resumed_local_sweep_gives_the_uninterrupted_ray_sweeps_results(yolov5n_path, coco_root,
+                                                                                    tmp_path, fig4_ray):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     resumed = tmp_path / "resumed"
     proc = subprocess.Popen(_cli(*_sweep_args(yolov5n_path, coco_root, resumed)), cwd=REPO, env=env,
@@ -304,26 +323,13 @@ def test_kill_and_resume_gives_identical_results(yolov5n_path, coco_root, tmp_pa
     assert done.returncode == 0, done.stderr
     assert f"{len(kept)} reused" in done.stdout
     assert {n: (runs / n).stat().st_mtime_ns for n in kept} == kept  # finished rows were not recomputed
-    assert (resumed / "results.csv").read_bytes() == (fig4_reference / "results.csv").read_bytes()
+    _, uninterrupted = fig4_ray
+    assert (resumed / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
 
     md = (resumed / "report.md").read_text()
     for png in ("fig4.png", "equal_storage.png", "pareto.png", "layer_sqnr.png"):
         assert (resumed / png).read_bytes()[:8] == PNG_MAGIC and f"]({png})" in md
     assert "paper mAP@.5" in md and "2 COCO images" in md
-
-
-@pytest.mark.slow
-@SWEEP_GROUP
-def test_ray_gives_the_same_results_csv_as_local(yolov5n_path, coco_root, tmp_path, restore_threads, fig4_reference):
-    assert importlib.util.find_spec("ray"), "Ray is in the test extra: pip install -e '.[test]'"  # fail, never skip
-
-    # the same configurations, images, evaluation settings and worker count as the local reference sweep
-    remote = run_study(plan("fig4", "3-4"), yolov5n_path, coco_root, tmp_path / "ray", executor="ray",
-                       eval_kwargs=EVAL, limit=2, workers=2, progress=False)
-    assert not remote.failed and remote.computed == 5
-    assert (tmp_path / "ray" / "results.csv").read_bytes() == (fig4_reference / "results.csv").read_bytes()
-    threads = {json.loads(p.read_text())["threads"] for p in (tmp_path / "ray" / "runs").glob("*.json")}
-    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
 
 def test_cli_errors_name_the_bad_input(yolov5n_path, coco_root, tmp_path, capsys):
