@@ -13,6 +13,7 @@ from sw.eval.boxes import box_iou, unletterbox
 from sw.eval.coco import detect, detect_many, load_coco, score
 from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
+from sw.eval import nms
 from sw.eval.nms import greedy_nms, non_max_suppression
 
 
@@ -72,6 +73,67 @@ def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
         keep = _reference_nms(cand[:, :4], cand[:, 4], cand[:, 5], 0.65)[:300]
         assert len(cand) > 300 and len(keep) > 10  # real work: many candidates, many kept
         assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
+
+
+def _same_bits(got, ref):
+    """Both paths' (detections, dropped) equal bit for bit (a -0.0 is not a 0.0)."""
+    (dets, dropped), (ref_dets, ref_dropped) = got, ref
+    assert dropped == ref_dropped and len(dets) == len(ref_dets)
+    for a, b in zip(dets, ref_dets):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        bits = torch.int32 if a.dtype == torch.float32 else torch.int64
+        assert torch.equal(a.view(bits), b.view(bits))
+
+
+def _hostile_predictions(seed: int, dtype) -> np.ndarray:
+    """[3, 600, 5 + 4] predictions made to hit every branch: tied scores, heavy overlap among few classes,
+    rows holding NaN or infinity, zero-size boxes and boxes so large their corners overflow to infinity."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((3, 600, 9))
+    x[..., :2] = rng.uniform(0, 100, (3, 600, 2))
+    x[..., 2:4] = rng.uniform(0, 40, (3, 600, 2))
+    x[..., 4:] = rng.integers(0, 9, (3, 600, 5)) / 8  # few distinct scores: many ties
+    x[0, :20, 2:4] = 0                                 # zero-size boxes: IoU 0/0, NaN
+    x[1, :10, :4] = np.finfo(dtype).max                # corners overflow to infinity: IoU inf / inf, NaN
+    x[1, 10:15, 2] = -np.finfo(dtype).max              # negative widths
+    for k, v in enumerate((np.nan, np.inf, -np.inf)):
+        x[2, 30 + k::50, rng.integers(0, 9)] = v
+    return x.astype(dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # numpy's, at the 1e40 threshold
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("conf,iou,max_det,max_nms", [(0.001, 0.65, 300, 30000), (0.2, 0.3, 7, 30000),
+                                                      (-1.0, 0.5, 50, 30000), (0.0, 0.0, 1000, 40),
+                                                      (0.3, 1.0, 1, 30000), (1e40, 0.65, 300, 30000),
+                                                      (0.001, -0.5, 300, 30000)])
+def test_nms_kernel_equals_the_numpy_path(nms_built, monkeypatch, dtype, seed, conf, iou, max_det, max_nms):
+    """The compiled NMS against the numpy path, bit for bit, with the non-finite rows' count: ties in score
+    order, thresholds 0 and 1, negative ones (rows read as zeros become candidates; every IoU but NaN suppresses),
+    one beyond float32's range, the max_det cut, the MAX_NMS cut."""
+    monkeypatch.setattr(nms, "MAX_NMS", max_nms)
+    pred = _hostile_predictions(seed, dtype)
+    got = nms.suppress(pred, conf, iou, max_det)
+    with nms.disabled():
+        ref = nms.suppress(pred, conf, iou, max_det)
+    _same_bits(got, ref)
+    assert got[1] == int((~np.isfinite(pred).all(-1)).sum()) > 0
+
+
+def test_nms_kernel_equals_the_numpy_path_on_real_predictions(nms_built, yolov5n, coco_root):
+    """The real YOLOv5n's predictions (thousands of candidates per image), as float32 (the float passes) and
+    float64 (the HW and INT passes)."""
+    coco = load_coco(coco_root, limit=4)
+    images = [load_letterboxed(coco.paths[i], i, 320, 32) for i in coco.image_ids]
+    with torch.inference_mode():
+        preds = [yolov5n(torch.from_numpy(im.array)[None].float() / 255.0).numpy() for im in images]
+    for x in preds + [pred.astype(np.float64) for pred in preds]:
+        got = nms.suppress(x)
+        with nms.disabled():
+            ref = nms.suppress(x)
+        _same_bits(got, ref)
+        assert len(got[0][0]) > 10
 
 
 def test_match_predictions_yolov7_rules():

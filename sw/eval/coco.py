@@ -31,7 +31,7 @@ from .coco_classes import COCO80_TO_91, COCO91_TO_80
 from .coco_match import evaluate_images, ground_truths
 from .images import prefetch_batches, shape_batches
 from .metrics import match_predictions, precision_recall_at_max_f1
-from .nms import non_max_suppression
+from .nms import suppress
 
 ANNOTATIONS = "annotations/instances_val2017.json"
 IMAGES = "images/val2017"
@@ -169,13 +169,9 @@ def _postprocess(pred: torch.Tensor, items, conf_thres: float, iou_thres: float,
     """NMS of one batch's predictions, boxes mapped back to original-image pixels: ([(image id, [n, 6])],
     number of predictions dropped because they held NaN or infinite values: those are never scored)."""
     out = []
-    pred = pred.numpy()  # numpy from here: one thread, none of torch's workers woken beside the forward pass
-    finite = np.isfinite(pred).all(axis=-1)
-    dropped = int(finite.size - np.count_nonzero(finite))
-    if dropped:  # zero rows fall below any score threshold
-        pred = np.where(finite[..., None], pred, np.zeros((), dtype=pred.dtype))
+    detections, dropped = suppress(pred, conf_thres, iou_thres, max_det)  # one thread: compiled, or numpy
     with torch.inference_mode():
-        for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
+        for det, it in zip(detections, items):
             det = det.double()
             det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
             out.append((it.image_id, det))
