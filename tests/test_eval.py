@@ -11,7 +11,7 @@ import torch
 from sw.cli import main
 from sw.eval.boxes import box_iou, unletterbox
 from sw.eval.coco import detect, detect_many, load_coco, score
-from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
+from sw.eval.images import SCALE, Placement, letterbox_shape, load_letterboxed, prefetch_batches, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
 from sw.eval import nms
 from sw.eval.nms import greedy_nms, non_max_suppression
@@ -168,6 +168,34 @@ def test_letterbox_minimal_padding_and_inverse(coco_root):
     torch.testing.assert_close(unletterbox(fwd, lb.gain, lb.pad, lb.orig_hw), box)
     batches = shape_batches([(k, coco.sizes[k]) for k in coco.image_ids], 640, 32, 2)
     assert sorted(sum(batches, [])) == coco.image_ids
+
+
+def test_normalized_batches_equal_the_uint8_path(coco_root, tmp_path):
+    """The float batches the decoding threads write (the network's input) are the uint8 batches' .float() / 255.0
+    bit for bit, with the same placements, also where an unreadable image leaves its batch; the float32
+    division is torch's for all 256 values."""
+    values = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(np.divide(values, SCALE).view(np.int32),
+                          (torch.from_numpy(values).float() / 255.0).numpy().view(np.int32))
+    coco = load_coco(coco_root, limit=14)
+    paths = dict(coco.paths)
+    broken = coco.image_ids[5]
+    paths[broken] = tmp_path / "broken.jpg"
+    paths[broken].write_bytes(b"\xff\xd8 not a jpeg")
+    batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], 640, 32, 4)
+    assert any(len(b) > 1 for b in batches) and len({letterbox_shape(s, 640, 32)[1] for s in coco.sizes.values()}) > 1
+    runs = []
+    for normalized in (False, True):
+        skipped = {}
+        runs.append((list(prefetch_batches(batches, paths, 640, 32, sizes=coco.sizes, skipped=skipped,
+                                           normalized=normalized)), skipped))
+    (plain, skipped_plain), (normed, skipped_normed) = runs
+    assert list(skipped_normed) == list(skipped_plain) == [broken] and len(plain) == len(normed)
+    for (u8, items), (x, places) in zip(plain, normed):
+        assert x.dtype == torch.float32 and torch.equal(x.view(torch.int32), (u8.float() / 255.0).view(torch.int32))
+        assert places == [Placement(it.image_id, it.orig_hw, it.gain, it.pad) for it in items]
+    with pytest.raises(ValueError, match="sizes"):
+        next(prefetch_batches(batches, paths, 640, 32, normalized=True))
 
 
 def test_missing_coco_is_named(tmp_path, capsys):

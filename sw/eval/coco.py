@@ -222,9 +222,8 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
     pending: deque = deque()
     try:
         with torch.inference_mode():
-            for images, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
-                                                  skipped=coco.skipped):
-                x = images.float() / 255.0
+            for x, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
+                                             skipped=coco.skipped, normalized=True):
                 for tag, predict in predicts.items():
                     t0 = time.perf_counter()
                     pred = predict(x)
