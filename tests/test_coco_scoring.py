@@ -1,5 +1,6 @@
-"""COCO's per-image evaluation (sw/eval/coco_match.py, compiled and in Python) against pycocotools' COCOeval:
-every per-image evaluation, every accumulated array and every summary stat equal (==), on real YOLOv5n
+"""COCO's per-image evaluation (sw/eval/coco_match.py, compiled and in Python) and accumulation
+(sw/eval/coco_accumulate.py) against pycocotools' COCOeval: every per-image evaluation, every accumulated array and
+every summary stat equal (==), on real YOLOv5n
 detections and on hand-made images that exercise each of COCO's matching rules."""
 
 from __future__ import annotations
@@ -41,11 +42,7 @@ def _fed(coco, dets: dict, batch: int) -> Scorer:
 
 
 def _ours(coco, dets: dict, batch: int):
-    merged = _fed(coco, dets, batch).merged()
-    with contextlib.redirect_stdout(io.StringIO()):
-        merged.accumulate()
-        merged.summarize()
-    return merged
+    return _fed(coco, dets, batch).accumulated()
 
 
 def assert_same_evaluation(ours, reference) -> int:

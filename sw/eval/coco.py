@@ -1,5 +1,6 @@
-"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``accumulate`` and
-``summarize``; its per-image evaluation computed, equal, by :mod:`sw.eval.coco_match`).
+"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``summarize``; its
+per-image evaluation and ``accumulate`` computed, equal, by :mod:`sw.eval.coco_match` and
+:mod:`sw.eval.coco_accumulate`).
 
 :func:`evaluate` takes any callable mapping a float NCHW batch in [0, 1] to decoded predictions
 ``[n, anchors, 5 + nc]``, so float, fake-quantized and hardware-exact models are measured by the same ruler.
@@ -28,6 +29,7 @@ from .. import limits
 from ..errors import DataNotFoundError
 from .boxes import unletterbox
 from .coco_classes import COCO80_TO_91, COCO91_TO_80
+from .coco_accumulate import accumulate
 from .coco_match import evaluate_images, ground_truths
 from .images import prefetch_batches, shape_batches
 from .metrics import match_predictions, precision_recall_at_max_f1
@@ -287,9 +289,9 @@ class Scorer:
     Each batch's per-image evaluations are :func:`sw.eval.coco_match.evaluate_images`' (pycocotools'
     ``COCOeval.evaluate``, computed by our own, compiled code), its detections numbered on from the batches
     before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges them in the order
-    ``accumulate`` expects (category, area range, image id) and runs pycocotools' own ``accumulate`` and
-    ``summarize`` once: the same evaluations, arrays and stats as one pycocotools COCOeval over all the images
-    (tested with ==)."""
+    ``accumulate`` expects (category, area range, image id), accumulates them once
+    (:func:`sw.eval.coco_accumulate.accumulate`, pycocotools' arrays) and runs pycocotools' ``summarize``: the
+    same evaluations, arrays and stats as one pycocotools COCOeval over all the images (tested with ==)."""
 
     def __init__(self, coco: CocoSubset):
         from pycocotools.coco import COCO
@@ -327,12 +329,18 @@ class Scorer:
         p, r = precision_recall_at_max_f1(*(np.concatenate(x) for x in zip(*self.pr)))
         map50 = map50_95 = 0.0
         if self.records:
-            ev = self.merged()
-            with _quiet():
-                ev.accumulate()
-                ev.summarize()
+            ev = self.accumulated()
             map50, map50_95 = float(ev.stats[1]), float(ev.stats[0])
         return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
+
+    def accumulated(self):
+        """:meth:`merged`, accumulated (:func:`sw.eval.coco_accumulate.accumulate`: the arrays of pycocotools'
+        ``accumulate``, faster) and summarized (pycocotools' ``summarize``)."""
+        ev = self.merged()
+        accumulate(ev)
+        with _quiet():
+            ev.summarize()
+        return ev
 
     def merged(self):
         """A pycocotools ``COCOeval`` holding every batch's per-image evaluations, ready to accumulate (with the
