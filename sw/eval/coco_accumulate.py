@@ -4,7 +4,7 @@
 category, area range, detection limit and IoU threshold, a Python loop over the detections for the precision
 envelope and another over the 101 recall points (0.8 CPU s of the 206 images' evaluation). :func:`accumulate`
 does the same steps, in the same order and with the same float64 operations, with the two inner loops as numpy
-calls over the thresholds at once:
+calls over the thresholds at once, and the images' detections gathered once for the three detection limits:
 
 - the envelope (each precision raised to the highest one at a higher recall, pycocotools' backward loop of
   ``if pr[i] > pr[i-1]: pr[i-1] = pr[i]``) is a running maximum from the right, which takes the same values;
@@ -47,14 +47,20 @@ def accumulate(ev) -> None:
                 continue
             gt_ignore = np.concatenate([e["gtIgnore"] for e in E])
             npig = np.count_nonzero(gt_ignore == 0)
+            if npig == 0:
+                continue
+            # every image's detections once; each limit takes each image's first max_det of them, in order
+            all_scores = np.concatenate([e["dtScores"] for e in E])
+            all_matches = np.concatenate([e["dtMatches"] for e in E], axis=1)
+            all_ignore = np.concatenate([e["dtIgnore"] for e in E], axis=1)
+            rank = np.concatenate([np.arange(len(e["dtScores"])) for e in E])
             for m, max_det in enumerate(m_list):
-                dt_scores = np.concatenate([e["dtScores"][0:max_det] for e in E])
+                first = rank < max_det
+                dt_scores = all_scores[first]
                 inds = np.argsort(-dt_scores, kind="mergesort")  # pycocotools' (and Matlab's) order of ties
                 dt_scores_sorted = dt_scores[inds]
-                dtm = np.concatenate([e["dtMatches"][:, 0:max_det] for e in E], axis=1)[:, inds]
-                dt_ig = np.concatenate([e["dtIgnore"][:, 0:max_det] for e in E], axis=1)[:, inds]
-                if npig == 0:
-                    continue
+                dtm = all_matches[:, first][:, inds]
+                dt_ig = all_ignore[:, first][:, inds]
                 tps = np.logical_and(dtm, np.logical_not(dt_ig))
                 fps = np.logical_and(np.logical_not(dtm), np.logical_not(dt_ig))
                 tp = np.cumsum(tps, axis=1).astype(dtype=float)
@@ -63,13 +69,14 @@ def accumulate(ev) -> None:
                 rc = tp / npig
                 pr = tp / (fp + tp + np.spacing(1))
                 recall[:, k, a, m] = rc[:, -1] if nd else 0
+                if not nd:
+                    precision[:, :, k, a, m] = scores[:, :, k, a, m] = 0
+                    continue
                 pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]  # the envelope
-                for t in range(T):
-                    at_recall = np.searchsorted(rc[t], p.recThrs, side="left")
-                    found = at_recall < nd  # a prefix: the indices do not decrease
-                    q, ss = np.zeros(R), np.zeros(R)
-                    q[found], ss[found] = pr[t, at_recall[found]], dt_scores_sorted[at_recall[found]]
-                    precision[t, :, k, a, m] = q
-                    scores[t, :, k, a, m] = ss
+                at_recall = np.stack([np.searchsorted(rc[t], p.recThrs, side="left") for t in range(T)])
+                found = at_recall < nd  # per threshold a prefix: the indices do not decrease
+                at_recall[~found] = 0
+                precision[:, :, k, a, m] = np.where(found, np.take_along_axis(pr, at_recall, axis=1), 0.0)
+                scores[:, :, k, a, m] = np.where(found, dt_scores_sorted[at_recall], 0.0)
     ev.eval = {"params": p, "counts": [T, R, K, A, M], "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
                "precision": precision, "recall": recall, "scores": scores}
