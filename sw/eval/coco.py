@@ -268,11 +268,41 @@ def _quiet():
         yield
 
 
+def python_round(values: np.ndarray, digits: int) -> np.ndarray:
+    """Python's ``round(v, digits)`` of each float64 of ``values`` (the decimal rounding of its exact value, half
+    to even, then the nearest double), vectorised. ``rint(v * 10**digits) / 10**digits`` is that value (the
+    division is correctly rounded) unless ``v * 10**digits``, itself rounded, lies within two of its ulps of a
+    half-integer, where the exact product may be on the other side (or beyond 2**52, or not finite): those few
+    are rounded by Python."""
+    scale = 10.0 ** digits
+    with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite values: Python's below
+        scaled = values * scale
+        out = np.rint(scaled) / scale
+        near = ~(np.abs(scaled) < 2.0 ** 52) | (np.abs(scaled - np.floor(scaled) - 0.5) <= 2 * np.abs(np.spacing(scaled)))
+    for i in np.flatnonzero(near):
+        out.flat[i] = round(float(values.flat[i]), digits)
+    return out
+
+
+_COCO91 = np.asarray(COCO80_TO_91, dtype=np.float64)
+
+
+def coco_table(image_id: int, det: torch.Tensor) -> np.ndarray:
+    """One image's [n, 6] detections as a float64 table [n, 7] of (image id, COCO category id, x, y, w, h, score):
+    pycocotools' bbox results with YOLOv7 test.py's rounding (Python's ``round``: 3 digits, the score 5)."""
+    d = det.numpy()
+    table = np.empty((len(d), 7), dtype=np.float64)
+    table[:, 0] = image_id
+    table[:, 1] = _COCO91[d[:, 5].astype(np.int64)]
+    table[:, 2:4] = python_round(d[:, 0:2], 3)
+    table[:, 4:6] = python_round(d[:, 2:4] - d[:, 0:2], 3)
+    table[:, 6] = python_round(d[:, 4], 5)
+    return table
+
+
 def coco_rows(image_id: int, det: torch.Tensor) -> list[list]:
-    """One image's [n, 6] detections as rows (image id, COCO category id, x, y, w, h, score): pycocotools' bbox
-    results, YOLOv7 test.py's rounding."""
-    return [[image_id, COCO80_TO_91[int(cls)], round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3),
-             round(score, 5)] for x1, y1, x2, y2, score, cls in det.tolist()]
+    """:func:`coco_table` as rows of Python numbers (the ids as ints)."""
+    return [[image_id, int(c), x, y, w, h, s] for _, c, x, y, w, h, s in coco_table(image_id, det).tolist()]
 
 
 def coco_records(detections) -> list[dict]:
@@ -311,16 +341,16 @@ class Scorer:
 
     def add(self, batch: list[tuple[int, torch.Tensor]]) -> None:
         """One batch's (image id, [n, 6] detections) pairs, each image once over all batches."""
-        rows = []
+        tables = []
         for image_id, det in batch:
             gt_boxes, gt_cls = self.coco.targets[image_id]
             self.pr.append((match_predictions(det, gt_boxes, gt_cls), det[:, 4].numpy(), det[:, 5].numpy(),
                             gt_cls.numpy()))
-            rows += coco_rows(image_id, det)
+            tables.append(coco_table(image_id, det))
         ids = np.unique([image_id for image_id, _ in batch])
-        dets = np.array(rows, dtype=np.float64).reshape(-1, 7)
+        dets = np.concatenate(tables) if tables else np.empty((0, 7))
         table = evaluate_images(ids, np.array(self.params.catIds), self.gts, dets, self.records + 1, self.params)
-        self.records += len(rows)
+        self.records += len(dets)
         self.evals.append((ids, table))
 
     def result(self) -> dict:
