@@ -7,7 +7,9 @@ evaluation without overlapping decoding, NMS and per-image scoring with the forw
 The machine is shared and its load drifts, so the three are measured interleaved, not one after another:
 ``--repeats`` rounds, each running the sequential evaluation, the forward-only pass and the pipelined
 evaluation back to back (S F P, S F P, ...). Each round's ratios divide that round's evaluations by the
-forward-only pass between them. Printed: the median over rounds of each throughput and ratio, with its range
+forward-only pass between them. "CPU ratio" is the forward-only pass's CPU seconds over the pipelined
+evaluation's (all threads): the share of the evaluation's CPU that is the network (CPU seconds leave out the time
+spent waiting for a core, which wall time on a loaded machine does not). Printed: the median over rounds of each throughput and ratio, with its range
 (min-max) in brackets, and the load average before and after. Every evaluation's figures must be the same
 to the last digit (else "DIFFERS").
 """
@@ -39,14 +41,22 @@ from sw.models import YoloModel, builtin_config, to_deploy
 from sw.paths import data_file
 
 
-def forward_only(model, batches) -> float:
-    """Images per second of the forward passes alone over ``batches`` (float, decoded beforehand)."""
+def forward_only(model, batches) -> tuple[float, float]:
+    """Images per second of the forward passes alone over ``batches`` (float, decoded beforehand), and their
+    CPU seconds (all threads)."""
     with torch.inference_mode():
         model(batches[0])  # warm-up: allocator and kernel selection
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for x in batches:
             model(x)
-    return sum(len(x) for x in batches) / (time.perf_counter() - t0)
+    return sum(len(x) for x in batches) / (time.perf_counter() - t0), time.process_time() - c0
+
+
+def timed_evaluate(model, coco, **kwargs) -> tuple[dict, float]:
+    """:func:`evaluate`'s result and its CPU seconds (all threads: decoding, NMS and scoring included)."""
+    c0 = time.process_time()
+    result = evaluate(model, coco, progress=False, **kwargs)
+    return result, time.process_time() - c0
 
 
 def spread(values: list[float]) -> str:
@@ -68,7 +78,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}; {args.repeats} interleaved rounds (sequential eval, "
           "forward-only, eval), median (min-max)" + ("; beside one other torch process" if args.busy else ""))
     print(table(["model", "images", "forward-only img/s (baseline)", "eval img/s, sequential", "eval img/s",
-                 "ratio sequential", "ratio", "mAP@.5 / mAP@.5:.95", "load average"], rows))
+                 "ratio sequential", "ratio", "CPU ratio", "mAP@.5 / mAP@.5:.95", "load average"], rows))
 
 
 def measure(args) -> list[list]:
@@ -85,18 +95,21 @@ def measure(args) -> list[list]:
         coco = load_coco(data_file("coco"), limit=n)
         batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], 640, 32, 8)
         loaded = [images.float() / 255.0 for images, _ in prefetch_batches(batches, coco.paths, 640, 32)]
-        fwd, seq, pipe, results = [], [], [], []
+        fwd, seq, pipe, cpu_share, results = [], [], [], [], []
         for _ in range(args.repeats):
-            s = evaluate(model, coco, progress=False, pipeline=False)
-            fwd.append(forward_only(model, loaded))
-            p = evaluate(model, coco, progress=False)
+            s, _ = timed_evaluate(model, coco, pipeline=False)
+            rate, fwd_cpu = forward_only(model, loaded)
+            p, eval_cpu = timed_evaluate(model, coco)
+            fwd.append(rate)
             seq.append(s["images"] / s["seconds"])
             pipe.append(p["images"] / p["seconds"])
+            cpu_share.append(fwd_cpu / eval_cpu)
             results += [s, p]
         r = results[-1]
         same = all(x == {**r, "seconds": x["seconds"]} for x in results)  # the pipeline must not change a figure
         rows.append([label, n, spread(fwd), spread(seq), spread(pipe),
                      spread([s / f for s, f in zip(seq, fwd)]), spread([p / f for p, f in zip(pipe, fwd)]),
+                     spread(cpu_share),
                      f"{r['map50']!r} / {r['map50_95']!r}" + ("" if same else " (DIFFERS)"),
                      f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"])
     return rows
