@@ -5,7 +5,7 @@ YOLOv5n's detections of the COCO subset (conf 0.001, up to 300 per image) are ma
 
 - pycocotools: one ``COCOeval`` over all the images (``loadRes``, ``evaluate``, ``accumulate``, ``summarize``);
 - Scorer: ``Scorer.add`` batch by batch (8 images, as the evaluation feeds it; P/R matching included) and
-  ``Scorer.result`` (which runs pycocotools' own ``accumulate`` and ``summarize``);
+  ``Scorer.result`` (``sw.eval.coco_accumulate.accumulate``, then pycocotools' own ``summarize``);
 - the per-image evaluation alone: pycocotools' ``evaluate`` against ``sw.eval.coco_match.evaluate_images``
   (compiled, and its Python fallback).
 

@@ -1,8 +1,8 @@
 """yoloq's compiled C kernels: how each is built, loaded, switched off and run on several threads.
 
-Three modules carry a small C library for their hot loops: :mod:`sw.quant.pwlq_kernel` (the PWLQ search),
-:mod:`sw.intref.fused` (the work around the exact convs) and :mod:`sw.eval.coco_match` (COCO's per-image
-matching). Each declares one :class:`CompiledKernel`; this module is what they share:
+Four modules carry a small C library for their hot loops: :mod:`sw.quant.pwlq_kernel` (the PWLQ search),
+:mod:`sw.intref.fused` (the work around the exact convs), :mod:`sw.eval.coco_match` (COCO's per-image
+matching) and :mod:`sw.eval.nms` (the evaluation's NMS). Each declares one :class:`CompiledKernel`; this module is what they share:
 
 - the build: the system C compiler (``$CC``, else ``cc``) with :data:`FLAGS`, into the user's cache
   (``$XDG_CACHE_HOME/yoloq``, else ``~/.cache/yoloq``), keyed by the source, compiler, flags and CPU, loaded

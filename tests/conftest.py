@@ -180,3 +180,10 @@ def coco_match_built():
     from sw.eval import coco_match
 
     require_built(coco_match.KERNEL)
+
+
+@pytest.fixture
+def nms_built():
+    from sw.eval import nms
+
+    require_built(nms.KERNEL)

@@ -1,5 +1,6 @@
-"""COCO's per-image evaluation (sw/eval/coco_match.py, compiled and in Python) against pycocotools' COCOeval:
-every per-image evaluation, every accumulated array and every summary stat equal (==), on real YOLOv5n
+"""COCO's per-image evaluation (sw/eval/coco_match.py, compiled and in Python) and accumulation
+(sw/eval/coco_accumulate.py) against pycocotools' COCOeval: every per-image evaluation, every accumulated array and
+every summary stat equal (==), on real YOLOv5n
 detections and on hand-made images that exercise each of COCO's matching rules."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pytest
 import torch
 
 from sw.eval import coco_match
-from sw.eval.coco import Scorer, coco_records, detect, load_coco, score
+from sw.eval.coco_classes import COCO80_TO_91
+from sw.eval.coco import Scorer, coco_records, coco_rows, detect, load_coco, python_round, score
 
 
 def _pycocotools(coco, dets: dict):
@@ -41,11 +43,7 @@ def _fed(coco, dets: dict, batch: int) -> Scorer:
 
 
 def _ours(coco, dets: dict, batch: int):
-    merged = _fed(coco, dets, batch).merged()
-    with contextlib.redirect_stdout(io.StringIO()):
-        merged.accumulate()
-        merged.summarize()
-    return merged
+    return _fed(coco, dets, batch).accumulated()
 
 
 def assert_same_evaluation(ours, reference) -> int:
@@ -192,3 +190,33 @@ def test_random_crowded_images(tmp_path, matcher, seed):
     dets[1] = _det([[*box(), 0.5, 0.0]])  # at least one detection: pycocotools' loadRes needs one
     reference = _pycocotools(coco, dets)
     assert assert_same_evaluation(_ours(coco, dets, 3), reference) > 0
+
+
+def test_python_round_is_pythons_round():
+    """The vectorised rounding of the COCO results against Python's round, bit for bit: values at and near
+    every kind of decimal tie, negative ones, huge ones, infinities and NaN."""
+    rng = np.random.default_rng(0)
+    k = rng.integers(-10**7, 10**7, 20000)
+    ties = np.concatenate([(k + 0.5) / 10**d for d in (3, 5)])
+    values = np.concatenate([
+        ties, np.nextafter(ties, np.inf), np.nextafter(ties, -np.inf),   # at and one ulp beside decimal ties
+        np.arange(-4096, 4096) / 16,                                       # exact binary halves: 2.0625 -> 2062.5
+        rng.uniform(0, 640, 20000), rng.uniform(0, 1, 20000),
+        [0.0, -0.0, 1e-320, 2.0**52 / 1000, 1e15, -1e300, 1e308, np.inf, -np.inf, np.nan]])
+    for digits in (3, 5):
+        got = python_round(values, digits)
+        want = np.array([round(float(v), digits) for v in values])
+        nan = np.isnan(want)
+        assert np.array_equal(np.isnan(got), nan) and np.array_equal(got[~nan].view(np.int64), want[~nan].view(np.int64))
+
+
+def test_coco_rows_are_yolov7s_rows(yolov5n_scored):
+    """The results table as YOLOv7's test.py writes it, row by row: Python's round of each box value and score."""
+    _, dets, _ = yolov5n_scored
+    for image_id, det in list(dets.items())[:40]:
+        want = [[image_id, COCO80_TO_91[int(cls)], round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3),
+                 round(score, 5)] for x1, y1, x2, y2, score, cls in det.tolist()]
+        got = coco_rows(image_id, det)
+        assert [[type(v) for v in row] for row in got] == [[type(v) for v in row] for row in want]
+        assert np.array_equal(np.array(got, dtype=np.float64).view(np.int64),
+                              np.array(want, dtype=np.float64).reshape(-1, 7).view(np.int64))

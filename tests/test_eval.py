@@ -11,8 +11,9 @@ import torch
 from sw.cli import main
 from sw.eval.boxes import box_iou, unletterbox
 from sw.eval.coco import detect, detect_many, load_coco, score
-from sw.eval.images import letterbox_shape, load_letterboxed, shape_batches
+from sw.eval.images import SCALE, Placement, letterbox_shape, load_letterboxed, prefetch_batches, shape_batches
 from sw.eval.metrics import match_predictions, precision_recall_at_max_f1
+from sw.eval import nms
 from sw.eval.nms import greedy_nms, non_max_suppression
 
 
@@ -74,6 +75,67 @@ def test_nms_on_real_predictions_matches_the_textbook(yolov5n, coco_root):
         assert got.dtype == torch.float32 and torch.equal(got, torch.from_numpy(cand[keep]))
 
 
+def _same_bits(got, ref):
+    """Both paths' (detections, dropped) equal bit for bit (a -0.0 is not a 0.0)."""
+    (dets, dropped), (ref_dets, ref_dropped) = got, ref
+    assert dropped == ref_dropped and len(dets) == len(ref_dets)
+    for a, b in zip(dets, ref_dets):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        bits = torch.int32 if a.dtype == torch.float32 else torch.int64
+        assert torch.equal(a.view(bits), b.view(bits))
+
+
+def _hostile_predictions(seed: int, dtype) -> np.ndarray:
+    """[3, 600, 5 + 4] predictions made to hit every branch: tied scores, heavy overlap among few classes,
+    rows holding NaN or infinity, zero-size boxes and boxes so large their corners overflow to infinity."""
+    rng = np.random.default_rng(seed)
+    x = np.empty((3, 600, 9))
+    x[..., :2] = rng.uniform(0, 100, (3, 600, 2))
+    x[..., 2:4] = rng.uniform(0, 40, (3, 600, 2))
+    x[..., 4:] = rng.integers(0, 9, (3, 600, 5)) / 8  # few distinct scores: many ties
+    x[0, :20, 2:4] = 0                                 # zero-size boxes: IoU 0/0, NaN
+    x[1, :10, :4] = np.finfo(dtype).max                # corners overflow to infinity: IoU inf / inf, NaN
+    x[1, 10:15, 2] = -np.finfo(dtype).max              # negative widths
+    for k, v in enumerate((np.nan, np.inf, -np.inf)):
+        x[2, 30 + k::50, rng.integers(0, 9)] = v
+    return x.astype(dtype)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")  # numpy's, at the 1e40 threshold
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("conf,iou,max_det,max_nms", [(0.001, 0.65, 300, 30000), (0.2, 0.3, 7, 30000),
+                                                      (-1.0, 0.5, 50, 30000), (0.0, 0.0, 1000, 40),
+                                                      (0.3, 1.0, 1, 30000), (1e40, 0.65, 300, 30000),
+                                                      (0.001, -0.5, 300, 30000)])
+def test_nms_kernel_equals_the_numpy_path(nms_built, monkeypatch, dtype, seed, conf, iou, max_det, max_nms):
+    """The compiled NMS against the numpy path, bit for bit, with the non-finite rows' count: ties in score
+    order, thresholds 0 and 1, negative ones (rows read as zeros become candidates; every IoU but NaN suppresses),
+    one beyond float32's range, the max_det cut, the MAX_NMS cut."""
+    monkeypatch.setattr(nms, "MAX_NMS", max_nms)
+    pred = _hostile_predictions(seed, dtype)
+    got = nms.suppress(pred, conf, iou, max_det)
+    with nms.disabled():
+        ref = nms.suppress(pred, conf, iou, max_det)
+    _same_bits(got, ref)
+    assert got[1] == int((~np.isfinite(pred).all(-1)).sum()) > 0
+
+
+def test_nms_kernel_equals_the_numpy_path_on_real_predictions(nms_built, yolov5n, coco_root):
+    """The real YOLOv5n's predictions (thousands of candidates per image), as float32 (the float passes) and
+    float64 (the HW and INT passes)."""
+    coco = load_coco(coco_root, limit=4)
+    images = [load_letterboxed(coco.paths[i], i, 320, 32) for i in coco.image_ids]
+    with torch.inference_mode():
+        preds = [yolov5n(torch.from_numpy(im.array)[None].float() / 255.0).numpy() for im in images]
+    for x in preds + [pred.astype(np.float64) for pred in preds]:
+        got = nms.suppress(x)
+        with nms.disabled():
+            ref = nms.suppress(x)
+        _same_bits(got, ref)
+        assert len(got[0][0]) > 10
+
+
 def test_match_predictions_yolov7_rules():
     gt = torch.tensor([[0, 0, 10, 10], [20, 20, 30, 30]], dtype=torch.float64)
     gt_cls = torch.tensor([0.0, 0.0])
@@ -106,6 +168,34 @@ def test_letterbox_minimal_padding_and_inverse(coco_root):
     torch.testing.assert_close(unletterbox(fwd, lb.gain, lb.pad, lb.orig_hw), box)
     batches = shape_batches([(k, coco.sizes[k]) for k in coco.image_ids], 640, 32, 2)
     assert sorted(sum(batches, [])) == coco.image_ids
+
+
+def test_normalized_batches_equal_the_uint8_path(coco_root, tmp_path):
+    """The float batches the decoding threads write (the network's input) are the uint8 batches' .float() / 255.0
+    bit for bit, with the same placements, also where an unreadable image leaves its batch; the float32
+    division is torch's for all 256 values."""
+    values = np.arange(256, dtype=np.uint8)
+    assert np.array_equal(np.divide(values, SCALE).view(np.int32),
+                          (torch.from_numpy(values).float() / 255.0).numpy().view(np.int32))
+    coco = load_coco(coco_root, limit=14)
+    paths = dict(coco.paths)
+    broken = coco.image_ids[5]
+    paths[broken] = tmp_path / "broken.jpg"
+    paths[broken].write_bytes(b"\xff\xd8 not a jpeg")
+    batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], 640, 32, 4)
+    assert any(len(b) > 1 for b in batches) and len({letterbox_shape(s, 640, 32)[1] for s in coco.sizes.values()}) > 1
+    runs = []
+    for normalized in (False, True):
+        skipped = {}
+        runs.append((list(prefetch_batches(batches, paths, 640, 32, sizes=coco.sizes, skipped=skipped,
+                                           normalized=normalized)), skipped))
+    (plain, skipped_plain), (normed, skipped_normed) = runs
+    assert list(skipped_normed) == list(skipped_plain) == [broken] and len(plain) == len(normed)
+    for (u8, items), (x, places) in zip(plain, normed):
+        assert x.dtype == torch.float32 and torch.equal(x.view(torch.int32), (u8.float() / 255.0).view(torch.int32))
+        assert places == [Placement(it.image_id, it.orig_hw, it.gain, it.pad) for it in items]
+    with pytest.raises(ValueError, match="sizes"):
+        next(prefetch_batches(batches, paths, 640, 32, normalized=True))
 
 
 def test_missing_coco_is_named(tmp_path, capsys):

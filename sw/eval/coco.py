@@ -1,5 +1,6 @@
-"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``accumulate`` and
-``summarize``; its per-image evaluation computed, equal, by :mod:`sw.eval.coco_match`).
+"""COCO evaluation of a detector: YOLOv7 test.py conventions, mAP from pycocotools (its ``summarize``; its
+per-image evaluation and ``accumulate`` computed, equal, by :mod:`sw.eval.coco_match` and
+:mod:`sw.eval.coco_accumulate`).
 
 :func:`evaluate` takes any callable mapping a float NCHW batch in [0, 1] to decoded predictions
 ``[n, anchors, 5 + nc]``, so float, fake-quantized and hardware-exact models are measured by the same ruler.
@@ -28,10 +29,11 @@ from .. import limits
 from ..errors import DataNotFoundError
 from .boxes import unletterbox
 from .coco_classes import COCO80_TO_91, COCO91_TO_80
+from .coco_accumulate import accumulate
 from .coco_match import evaluate_images, ground_truths
 from .images import prefetch_batches, shape_batches
 from .metrics import match_predictions, precision_recall_at_max_f1
-from .nms import non_max_suppression
+from .nms import suppress
 
 ANNOTATIONS = "annotations/instances_val2017.json"
 IMAGES = "images/val2017"
@@ -169,13 +171,9 @@ def _postprocess(pred: torch.Tensor, items, conf_thres: float, iou_thres: float,
     """NMS of one batch's predictions, boxes mapped back to original-image pixels: ([(image id, [n, 6])],
     number of predictions dropped because they held NaN or infinite values: those are never scored)."""
     out = []
-    pred = pred.numpy()  # numpy from here: one thread, none of torch's workers woken beside the forward pass
-    finite = np.isfinite(pred).all(axis=-1)
-    dropped = int(finite.size - np.count_nonzero(finite))
-    if dropped:  # zero rows fall below any score threshold
-        pred = np.where(finite[..., None], pred, np.zeros((), dtype=pred.dtype))
+    detections, dropped = suppress(pred, conf_thres, iou_thres, max_det)  # one thread: compiled, or numpy
     with torch.inference_mode():
-        for det, it in zip(non_max_suppression(pred, conf_thres, iou_thres, max_det), items):
+        for det, it in zip(detections, items):
             det = det.double()
             det[:, :4] = unletterbox(det[:, :4], it.gain, it.pad, it.orig_hw)
             out.append((it.image_id, det))
@@ -226,9 +224,8 @@ def detect_many(predicts: dict[str, Callable[[torch.Tensor], torch.Tensor]], coc
     pending: deque = deque()
     try:
         with torch.inference_mode():
-            for images, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
-                                                  skipped=coco.skipped):
-                x = images.float() / 255.0
+            for x, items in prefetch_batches(batches, coco.paths, img_size, stride, sizes=coco.sizes,
+                                             skipped=coco.skipped, normalized=True):
                 for tag, predict in predicts.items():
                     t0 = time.perf_counter()
                     pred = predict(x)
@@ -271,11 +268,41 @@ def _quiet():
         yield
 
 
+def python_round(values: np.ndarray, digits: int) -> np.ndarray:
+    """Python's ``round(v, digits)`` of each float64 of ``values`` (the decimal rounding of its exact value, half
+    to even, then the nearest double), vectorised. ``rint(v * 10**digits) / 10**digits`` is that value (the
+    division is correctly rounded) unless ``v * 10**digits``, itself rounded, lies within two of its ulps of a
+    half-integer, where the exact product may be on the other side (or beyond 2**52, or not finite): those few
+    are rounded by Python."""
+    scale = 10.0 ** digits
+    with np.errstate(over="ignore", invalid="ignore"):  # huge or non-finite values: Python's below
+        scaled = values * scale
+        out = np.rint(scaled) / scale
+        near = ~(np.abs(scaled) < 2.0 ** 52) | (np.abs(scaled - np.floor(scaled) - 0.5) <= 2 * np.abs(np.spacing(scaled)))
+    for i in np.flatnonzero(near):
+        out.flat[i] = round(float(values.flat[i]), digits)
+    return out
+
+
+_COCO91 = np.asarray(COCO80_TO_91, dtype=np.float64)
+
+
+def coco_table(image_id: int, det: torch.Tensor) -> np.ndarray:
+    """One image's [n, 6] detections as a float64 table [n, 7] of (image id, COCO category id, x, y, w, h, score):
+    pycocotools' bbox results with YOLOv7 test.py's rounding (Python's ``round``: 3 digits, the score 5)."""
+    d = det.numpy()
+    table = np.empty((len(d), 7), dtype=np.float64)
+    table[:, 0] = image_id
+    table[:, 1] = _COCO91[d[:, 5].astype(np.int64)]
+    table[:, 2:4] = python_round(d[:, 0:2], 3)
+    table[:, 4:6] = python_round(d[:, 2:4] - d[:, 0:2], 3)
+    table[:, 6] = python_round(d[:, 4], 5)
+    return table
+
+
 def coco_rows(image_id: int, det: torch.Tensor) -> list[list]:
-    """One image's [n, 6] detections as rows (image id, COCO category id, x, y, w, h, score): pycocotools' bbox
-    results, YOLOv7 test.py's rounding."""
-    return [[image_id, COCO80_TO_91[int(cls)], round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3),
-             round(score, 5)] for x1, y1, x2, y2, score, cls in det.tolist()]
+    """:func:`coco_table` as rows of Python numbers (the ids as ints)."""
+    return [[image_id, int(c), x, y, w, h, s] for _, c, x, y, w, h, s in coco_table(image_id, det).tolist()]
 
 
 def coco_records(detections) -> list[dict]:
@@ -292,9 +319,9 @@ class Scorer:
     Each batch's per-image evaluations are :func:`sw.eval.coco_match.evaluate_images`' (pycocotools'
     ``COCOeval.evaluate``, computed by our own, compiled code), its detections numbered on from the batches
     before (as one ``loadRes`` of all of them numbers them); :meth:`result` merges them in the order
-    ``accumulate`` expects (category, area range, image id) and runs pycocotools' own ``accumulate`` and
-    ``summarize`` once: the same evaluations, arrays and stats as one pycocotools COCOeval over all the images
-    (tested with ==)."""
+    ``accumulate`` expects (category, area range, image id), accumulates them once
+    (:func:`sw.eval.coco_accumulate.accumulate`, pycocotools' arrays) and runs pycocotools' ``summarize``: the
+    same evaluations, arrays and stats as one pycocotools COCOeval over all the images (tested with ==)."""
 
     def __init__(self, coco: CocoSubset):
         from pycocotools.coco import COCO
@@ -314,16 +341,16 @@ class Scorer:
 
     def add(self, batch: list[tuple[int, torch.Tensor]]) -> None:
         """One batch's (image id, [n, 6] detections) pairs, each image once over all batches."""
-        rows = []
+        tables = []
         for image_id, det in batch:
             gt_boxes, gt_cls = self.coco.targets[image_id]
             self.pr.append((match_predictions(det, gt_boxes, gt_cls), det[:, 4].numpy(), det[:, 5].numpy(),
                             gt_cls.numpy()))
-            rows += coco_rows(image_id, det)
+            tables.append(coco_table(image_id, det))
         ids = np.unique([image_id for image_id, _ in batch])
-        dets = np.array(rows, dtype=np.float64).reshape(-1, 7)
+        dets = np.concatenate(tables) if tables else np.empty((0, 7))
         table = evaluate_images(ids, np.array(self.params.catIds), self.gts, dets, self.records + 1, self.params)
-        self.records += len(rows)
+        self.records += len(dets)
         self.evals.append((ids, table))
 
     def result(self) -> dict:
@@ -332,12 +359,18 @@ class Scorer:
         p, r = precision_recall_at_max_f1(*(np.concatenate(x) for x in zip(*self.pr)))
         map50 = map50_95 = 0.0
         if self.records:
-            ev = self.merged()
-            with _quiet():
-                ev.accumulate()
-                ev.summarize()
+            ev = self.accumulated()
             map50, map50_95 = float(ev.stats[1]), float(ev.stats[0])
         return {"precision": p, "recall": r, "map50": map50, "map50_95": map50_95}
+
+    def accumulated(self):
+        """:meth:`merged`, accumulated (:func:`sw.eval.coco_accumulate.accumulate`: the arrays of pycocotools'
+        ``accumulate``, faster) and summarized (pycocotools' ``summarize``)."""
+        ev = self.merged()
+        accumulate(ev)
+        with _quiet():
+            ev.summarize()
+        return ev
 
     def merged(self):
         """A pycocotools ``COCOeval`` holding every batch's per-image evaluations, ready to accumulate (with the

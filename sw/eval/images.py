@@ -31,15 +31,26 @@ class ImageSkipped(DataNotFoundError):
     """An image that cannot be used (unreadable, too large, or not the size its annotation says)."""
 
 
+# The network's input is the image's uint8 values / 255 in float32 (as ``tensor.float() / 255.0``; the same
+# float32 division in numpy, equal for all 256 values: tested).
+SCALE = np.float32(255)
+
+
 @dataclass
-class Letterboxed:
-    """One preprocessed image: CHW uint8 array plus what maps boxes back to the original."""
+class Placement:
+    """Where one image sits in its letterboxed frame: what maps boxes back to the original."""
 
     image_id: int
-    array: np.ndarray          # 3 x H x W, uint8, RGB
     orig_hw: tuple[int, int]
     gain: float                # letterboxed pixels per original pixel
     pad: tuple[float, float]   # (left, top) padding in letterboxed pixels
+
+
+@dataclass
+class Letterboxed(Placement):
+    """One preprocessed image: its CHW uint8 array and its placement."""
+
+    array: np.ndarray          # 3 x H x W, uint8, RGB
 
 
 def letterbox_shape(orig_hw: tuple[int, int], img_size: int, stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -75,30 +86,61 @@ def image_size(path: Path) -> tuple[int, int]:
         return im.size[1], im.size[0]
 
 
-def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int,
-                     expected_hw: tuple[int, int] | None = None) -> Letterboxed:
-    """Decode and letterbox one image; :class:`ImageSkipped` if it is unreadable, larger than the limit, or
-    (with ``expected_hw``) not the size its annotation gives, all checked from the header before decoding."""
+def _decode(path: Path, img_size: int, stride: int, expected_hw: tuple[int, int] | None):
+    """The image decoded and resized (h x w x 3 uint8, RGB), its original (h0, w0) and padded (H, W) shapes;
+    :class:`ImageSkipped` as :func:`load_letterboxed` says."""
     try:
         with _open(path) as im:
             w0, h0 = im.size
             if expected_hw is not None and (h0, w0) != tuple(expected_hw):
                 raise ImageSkipped(f"image {path}: {w0} x {h0} pixels, the annotation says "
                                    f"{expected_hw[1]} x {expected_hw[0]}")
-            im = im.convert("RGB")
+            if im.mode != "RGB":  # convert() of an RGB image is a copy
+                im = im.convert("RGB")
             (h, w), (H, W) = letterbox_shape((h0, w0), img_size, stride)
             if (h, w) != (h0, w0):
                 im = im.resize((w, h), Image.Resampling.BOX if h < h0 else Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
+            return np.asarray(im, dtype=np.uint8), (h0, w0), (H, W)
     except ImageSkipped:
         raise
     except _DECODE_ERRORS as e:
         raise ImageSkipped(f"cannot read image {path}: {type(e).__name__}: {str(e)[:100]}") from None
+
+
+def _place(image_id: int, hw: tuple[int, int], orig_hw: tuple[int, int], padded: tuple[int, int]):
+    """(placement, top, left) of an image resized to ``hw`` in its ``padded`` frame: centred, YOLOv7's rounding."""
+    (h, w), (H, W) = hw, padded
     dw, dh = (W - w) / 2, (H - h) / 2
-    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    return Placement(image_id, orig_hw, h / orig_hw[0], (dw, dh)), int(round(dh - 0.1)), int(round(dw - 0.1))
+
+
+def load_letterboxed(path: Path, image_id: int, img_size: int, stride: int,
+                     expected_hw: tuple[int, int] | None = None) -> Letterboxed:
+    """Decode and letterbox one image; :class:`ImageSkipped` if it is unreadable, larger than the limit, or
+    (with ``expected_hw``) not the size its annotation gives, all checked from the header before decoding."""
+    arr, orig_hw, (H, W) = _decode(path, img_size, stride, expected_hw)
+    (h, w) = arr.shape[:2]
+    place, top, left = _place(image_id, (h, w), orig_hw, (H, W))
     out = np.full((H, W, 3), PAD_VALUE, dtype=np.uint8)
     out[top:top + h, left:left + w] = arr
-    return Letterboxed(image_id, np.ascontiguousarray(out.transpose(2, 0, 1)), (h0, w0), h / h0, (dw, dh))
+    return Letterboxed(**vars(place), array=np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def _load_normalized(out: np.ndarray, path: Path, image_id: int, img_size: int, stride: int,
+                     expected_hw: tuple[int, int]) -> Placement:
+    """Decode and letterbox one image straight into ``out`` (3 x H x W float32: the network's input, see
+    :data:`SCALE`), its pixels and its padding each written once; the checks of :func:`load_letterboxed`."""
+    arr, orig_hw, padded = _decode(path, img_size, stride, expected_hw)
+    (h, w) = arr.shape[:2]
+    if padded != out.shape[1:]:
+        raise ValueError(f"image {path}: letterboxed to {padded}, its batch is {out.shape[1:]}")
+    place, top, left = _place(image_id, (h, w), orig_hw, padded)
+    pad = np.float32(PAD_VALUE) / SCALE
+    out[:, :top], out[:, top + h:] = pad, pad
+    out[:, top:top + h, :left], out[:, top:top + h, left + w:] = pad, pad
+    # the channels first in uint8 (a cheap copy), then one division each: faster than dividing a strided view
+    np.divide(np.ascontiguousarray(arr.transpose(2, 0, 1)), SCALE, out=out[:, top:top + h, left:left + w])
+    return place
 
 
 def shape_batches(items: list[tuple[int, tuple[int, int]]], img_size: int, stride: int, batch_size: int):
@@ -114,25 +156,43 @@ def shape_batches(items: list[tuple[int, tuple[int, int]]], img_size: int, strid
 
 
 def prefetch_batches(batches, paths: dict[int, Path], img_size: int, stride: int, workers: int = 2,
-                     sizes: dict[int, tuple[int, int]] | None = None, skipped: dict[int, str] | None = None):
+                     sizes: dict[int, tuple[int, int]] | None = None, skipped: dict[int, str] | None = None,
+                     normalized: bool = False):
     """Yield (uint8 NCHW tensor, [Letterboxed]) per batch, decoding the next batch while the model runs.
 
     With ``skipped``, an image that cannot be used is recorded there (id -> reason) and left out of its
-    batch instead of stopping the run; ``sizes`` (id -> annotated (h, w)) are then enforced."""
+    batch instead of stopping the run; ``sizes`` (id -> annotated (h, w)) are then enforced. With
+    ``normalized`` (which needs ``sizes``), (float32 NCHW tensor, [Placement]) instead: the network's input,
+    equal to the uint8 batch's ``.float() / 255.0``, which the decoding threads write straight into the batch
+    (no uint8 batch, no second pass over it)."""
+    if normalized and sizes is None:
+        raise ValueError("prefetch_batches(normalized=True) needs the images' sizes")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         def submit(ids):
-            return [pool.submit(load_letterboxed, paths[i], i, img_size, stride, sizes and sizes[i]) for i in ids]
+            if not normalized:
+                return None, [pool.submit(load_letterboxed, paths[i], i, img_size, stride, sizes and sizes[i])
+                              for i in ids]
+            H, W = letterbox_shape(sizes[ids[0]], img_size, stride)[1]
+            out = np.empty((len(ids), 3, H, W), dtype=np.float32)
+            return out, [pool.submit(_load_normalized, out[k], paths[i], i, img_size, stride, sizes[i])
+                         for k, i in enumerate(ids)]
 
         pending = submit(batches[0]) if batches else None
         for k in range(len(batches)):
-            items = []
-            for image_id, f in zip(batches[k], pending):
+            out, futures = pending
+            items, rows = [], []
+            for row, (image_id, f) in enumerate(zip(batches[k], futures)):
                 try:
                     items.append(f.result())
+                    rows.append(row)
                 except ImageSkipped as e:
                     if skipped is None:
                         raise
                     skipped[image_id] = str(e)
             pending = submit(batches[k + 1]) if k + 1 < len(batches) else None
-            if items:
+            if not items:
+                continue
+            if out is None:
                 yield torch.from_numpy(np.stack([it.array for it in items])), items
+            else:
+                yield torch.from_numpy(out if len(rows) == len(out) else out[rows]), items
