@@ -154,13 +154,14 @@ BLOCK = 256  # candidates examined at once, in score order
 def _iou_pairs(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of ``a[i]`` with ``b[i]`` for each row i (xyxy). Element for element the same arithmetic as a
     pairwise IoU matrix, so the same values, for the pairs that matter only."""
-    lt = np.maximum(a[:, :2], b[:, :2])
-    rb = np.minimum(a[:, 2:], b[:, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[:, 0] * wh[:, 1]  # not .prod(): numpy's reduction over an axis of 2 is many times slower
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    with np.errstate(invalid="ignore", divide="ignore"):  # two empty boxes: NaN, which suppresses nothing
+    # two empty boxes: NaN, which suppresses nothing; infinite corners (overflowing boxes): inf or NaN as well
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lt = np.maximum(a[:, :2], b[:, :2])
+        rb = np.minimum(a[:, 2:], b[:, 2:])
+        wh = np.clip(rb - lt, 0, None)
+        inter = wh[:, 0] * wh[:, 1]  # not .prod(): numpy's reduction over an axis of 2 is many times slower
+        area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+        area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
         return inter / (area_a + area_b - inter)
 
 
@@ -205,10 +206,11 @@ def candidates(x: np.ndarray, conf_thres: float) -> np.ndarray:
     scores): [n, 6] (x1, y1, x2, y2, obj*cls score, class), in anchor then class order. The objectness filter
     comes first, so the class scores are formed only for the few anchors that pass it."""
     x = x[x[:, 4] > conf_thres]
-    cls_scores = x[:, 5:] * x[:, 4:5]
-    i, j = np.nonzero(cls_scores > conf_thres)
-    xy, half = x[i, :2], x[i, 2:4] / 2
-    return np.concatenate((xy - half, xy + half, cls_scores[i, j, None], j[:, None].astype(x.dtype)), 1)
+    with np.errstate(over="ignore"):  # huge boxes' corners become infinite, which the suppression handles
+        cls_scores = x[:, 5:] * x[:, 4:5]
+        i, j = np.nonzero(cls_scores > conf_thres)
+        xy, half = x[i, :2], x[i, 2:4] / 2
+        return np.concatenate((xy - half, xy + half, cls_scores[i, j, None], j[:, None].astype(x.dtype)), 1)
 
 
 def suppress(pred: torch.Tensor | np.ndarray, conf_thres: float = 0.001, iou_thres: float = 0.65,
