@@ -276,13 +276,15 @@ def fig4_ray(yolov5n_path, coco_root, tmp_path_factory):
     for every plot of the report. Returns the study's result and its folder."""
     assert importlib.util.find_spec("ray"), "Ray is in the test extra: pip install -e '.[test]'"  # fail, never skip
     out = tmp_path_factory.mktemp("sweep") / "ray"
-    threads = torch.get_num_threads()
+    threads, sigterm = torch.get_num_threads(), signal.getsignal(signal.SIGTERM)
     try:
         # the same configurations, images, evaluation settings and worker count as the local sweep below
         result = run_study(plan("fig4", "3-4"), yolov5n_path, coco_root, out, executor="ray", eval_kwargs=EVAL,
                            limit=2, workers=2, progress=False)
     finally:
         torch.set_num_threads(threads)  # a sweep in this process sets its own count; give the other tests theirs back
+    # Ray's own SIGTERM handler (sys.exit) must not outlive the sweep in the caller's process
+    assert signal.getsignal(signal.SIGTERM) is sigterm
     return result, out
 
 

@@ -219,10 +219,17 @@ class RayExecutor:
         if self.owns_instance:
             common = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
             export_wait_policy()  # a local instance's workers inherit this environment
+            # ray.init installs a SIGTERM handler (sys.exit) in this process that outlives the sweep: a later
+            # SIGTERM would become SystemExit inside whatever runs then, and during the sweep it would bypass
+            # sigterm_as_interrupt's orderly stop. Keep the process's own.
+            sigterm = signal.getsignal(signal.SIGTERM)
             if address:  # a cluster's workers do not: pass the policy along (set before a worker imports torch)
                 ray.init(address=address, runtime_env={"env_vars": export_wait_policy()}, **common)
             else:  # a private instance bound to loopback only
                 ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **common)
+            if sigterm is not None and signal.getsignal(signal.SIGTERM) is not sigterm:
+                with contextlib.suppress(ValueError):  # not the main thread: signals cannot be set here
+                    signal.signal(signal.SIGTERM, sigterm)
         if gpus is None:
             gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
         # A configuration that fails is recorded as failed; retrying it inside Ray would only hide that.
