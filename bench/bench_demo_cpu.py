@@ -5,14 +5,14 @@ stimulus capture (co-simulation and feature maps), ``--sims``: the two co-simula
 step's CPU seconds are this process's and its children's (user + system, all threads: the simulators are
 children), with the system part beside it, so that savings show even when other jobs share the machine and
 wall time is noise. ``default``: glibc's malloc as it comes; ``keep``: :func:`sw.heap.keep_freed_memory`
-first, as the demo does. The two variants run one after the other in the same run, with empty simulator and
+first, as every yoloq command does. The two variants run one after the other in the same run, with empty simulator and
 ccache caches each; the mAP figures must agree to the last digit.
 """
 
 from __future__ import annotations
 
 try:
-    from .common import table  # first: it applies the thread policy before torch loads
+    from .common import table  # first: it applies the thread and heap policies before torch loads
 except ImportError:
     from common import table
 

@@ -94,7 +94,7 @@ def measure(args) -> list[list]:
         load_before = os.getloadavg()[0]
         coco = load_coco(data_file("coco"), limit=n)
         batches = shape_batches([(i, coco.sizes[i]) for i in coco.image_ids], 640, 32, 8)
-        loaded = [images.float() / 255.0 for images, _ in prefetch_batches(batches, coco.paths, 640, 32)]
+        loaded = [x for x, _ in prefetch_batches(batches, coco.paths, 640, 32, sizes=coco.sizes, normalized=True)]
         fwd, seq, pipe, cpu_share, results = [], [], [], [], []
         for _ in range(args.repeats):
             s, _ = timed_evaluate(model, coco, pipeline=False)
