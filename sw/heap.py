@@ -28,6 +28,12 @@ def user_malloc_settings() -> bool:
     return any(k in os.environ for k in ENVIRONMENT) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
+def heap_policy() -> dict[str, str]:
+    """The malloc settings this process exports (ours, or the user's own), for launchers whose workers do not
+    inherit the environment (Ray on a cluster)."""
+    return {k: os.environ[k] for k in ENVIRONMENT if k in os.environ}
+
+
 def keep_freed_memory() -> bool:
     """Tell glibc's malloc to serve large blocks from the heap (no per-block mappings) and to keep freed memory
     up to :data:`TRIM_THRESHOLD`: for this process from now on, and (through the environment) for the processes

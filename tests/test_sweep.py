@@ -344,3 +344,23 @@ def test_cli_errors_name_the_bad_input(yolov5n_path, coco_root, tmp_path, capsys
     assert "--bits '9'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sweep", "--preset", "table9", "--weights", "w", "-o", "r"])
+
+
+def test_ray_cluster_workers_get_the_thread_and_heap_policies(monkeypatch):
+    """A cluster's workers do not inherit this process's environment: ray.init's runtime_env must carry the
+    passive OpenMP wait and the malloc settings (sw.threads, sw.heap), as a local instance's workers inherit them."""
+    import types
+
+    from sw.heap import ENVIRONMENT
+    from sw.sweep.runner import RayExecutor
+
+    calls = []
+    fake = types.SimpleNamespace(is_initialized=lambda: False, init=lambda **kw: calls.append(kw),
+                                 cluster_resources=lambda: {}, remote=lambda **kw: (lambda f: f))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    for k, v in ENVIRONMENT.items():
+        monkeypatch.setenv(k, v)
+    RayExecutor(2, address="ray://head:10001")
+    env_vars = calls[0]["runtime_env"]["env_vars"]
+    assert env_vars["OMP_WAIT_POLICY"] == os.environ["OMP_WAIT_POLICY"]
+    assert {k: env_vars.get(k) for k in ENVIRONMENT} == ENVIRONMENT

@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import SweepError
+from ..heap import heap_policy
 from ..threads import export_wait_policy, usable_cpus
 from .plan import EXECUTORS, Config
 from .store import FAILED, OK, ResultStore
@@ -224,7 +225,7 @@ class RayExecutor:
             # sigterm_as_interrupt's orderly stop. Keep the process's own.
             sigterm = signal.getsignal(signal.SIGTERM)
             if address:  # a cluster's workers do not: pass the policy along (set before a worker imports torch)
-                ray.init(address=address, runtime_env={"env_vars": export_wait_policy()}, **common)
+                ray.init(address=address, runtime_env={"env_vars": {**export_wait_policy(), **heap_policy()}}, **common)
             else:  # a private instance bound to loopback only
                 ray.init(num_cpus=workers, _node_ip_address="127.0.0.1", **common)
             if sigterm is not None and signal.getsignal(signal.SIGTERM) is not sigterm:
