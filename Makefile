@@ -2,7 +2,8 @@
 PYTHON     ?= python3
 VENV       ?= .venv
 BIN        := $(VENV)/bin
-APT_PKGS   := iverilog ccache
+# g++ (with gcc): Verilator's models and yoloq's compiled C kernels are built with it
+APT_PKGS   := iverilog ccache g++
 YOLOQ_DATA ?= $(abspath ../shared/data)
 export YOLOQ_DATA
 

@@ -48,7 +48,7 @@ def test_apt_installs_missing_packages_as_root_and_as_sudoer(tmp_path, uid):
     assert out.returncode == 0, out.stdout + out.stderr
     apt = [c for c in calls if c.startswith("apt-get")]
     assert apt == ["apt-get DEBIAN_FRONTEND=noninteractive uid=0 update -qq",
-                   "apt-get DEBIAN_FRONTEND=noninteractive uid=0 install -y -qq iverilog ccache"]
+                   "apt-get DEBIAN_FRONTEND=noninteractive uid=0 install -y -qq iverilog ccache g++"]
     sudo = [c for c in calls if c.startswith("sudo")]
     assert len(sudo) == (0 if uid == 0 else 2)  # root runs apt-get itself; a sudoer through sudo
 
@@ -58,4 +58,4 @@ def test_apt_does_nothing_when_the_packages_are_present(tmp_path, uid):
     out, calls = run_make_apt(tmp_path, uid, present=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "all present" in out.stdout
-    assert calls == ["dpkg -s iverilog", "dpkg -s ccache"]
+    assert calls == ["dpkg -s iverilog", "dpkg -s ccache", "dpkg -s g++"]
